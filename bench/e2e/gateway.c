@@ -1,0 +1,148 @@
+/* A set of UDP gateway sockets in one process: counts datagrams per port with recvmmsg,
+ * optionally heartbeats its weight to the ebpflb registration port from each socket.
+ * Prints "ready" once bound, "counts P:PKTS:BYTES ..." on SIGUSR1 and on SIGTERM (then exits). */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_GW 64
+#define VLEN 64
+#define HEARTBEAT_NS 2000000000ull
+
+static volatile sig_atomic_t report_requested, stop_requested;
+
+static void on_usr1(int sig) { (void)sig; report_requested = 1; }
+static void on_term(int sig) { (void)sig; stop_requested = 1; }
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int parse_list(char *text, long *out, int max)
+{
+	int n = 0;
+	for (char *tok = strtok(text, ","); tok && n < max; tok = strtok(NULL, ","))
+		out[n++] = strtol(tok, NULL, 10);
+	return n;
+}
+
+int main(int argc, char **argv)
+{
+	long ports[MAX_GW], weights[MAX_GW];
+	int nports = 0, nweights = 0, cpu = -1, reg_port = 0, rcvbuf = 4 << 20, opt;
+	const char *bind_ip = "0.0.0.0";
+
+	while ((opt = getopt(argc, argv, "p:w:r:b:c:R:")) != -1) {
+		switch (opt) {
+		case 'p': nports = parse_list(optarg, ports, MAX_GW); break;
+		case 'w': nweights = parse_list(optarg, weights, MAX_GW); break;
+		case 'r': reg_port = atoi(optarg); break;
+		case 'b': bind_ip = optarg; break;
+		case 'c': cpu = atoi(optarg); break;
+		case 'R': rcvbuf = atoi(optarg); break;
+		default:
+			fprintf(stderr, "usage: %s -p P1,P2 [-w W1,W2 -r REGPORT] [-b IP] [-c CPU] [-R RCVBUF]\n", argv[0]);
+			return 2;
+		}
+	}
+	if (nports == 0 || (reg_port && nweights != nports)) {
+		fprintf(stderr, "need ports (and one weight per port with -r)\n");
+		return 2;
+	}
+	if (cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set) != 0)
+			perror("sched_setaffinity");
+	}
+	signal(SIGUSR1, on_usr1);
+	signal(SIGTERM, on_term);
+	signal(SIGINT, on_term);
+
+	int fds[MAX_GW];
+	uint64_t pkts[MAX_GW] = { 0 }, bytes[MAX_GW] = { 0 };
+	int ep = epoll_create1(0);
+	for (int i = 0; i < nports; i++) {
+		struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(ports[i]) };
+		inet_pton(AF_INET, bind_ip, &addr.sin_addr);
+		fds[i] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+		/* Same large buffer for every system, so loss reflects throughput, not buffer size. */
+		if (setsockopt(fds[i], SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) != 0)
+			setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+		if (bind(fds[i], (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+			fprintf(stderr, "bind port %ld: %s\n", ports[i], strerror(errno));
+			return 1;
+		}
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
+		epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+	}
+
+	static char bufs[VLEN][2048];
+	struct iovec iov[VLEN];
+	struct mmsghdr msgs[VLEN];
+	memset(msgs, 0, sizeof(msgs));
+	for (int i = 0; i < VLEN; i++) {
+		iov[i].iov_base = bufs[i];
+		iov[i].iov_len = sizeof(bufs[i]);
+		msgs[i].msg_hdr.msg_iov = &iov[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+	}
+
+	struct sockaddr_in reg = { .sin_family = AF_INET, .sin_port = htons(reg_port) };
+	inet_pton(AF_INET, "127.0.0.1", &reg.sin_addr);
+	uint64_t next_heartbeat = 0;
+
+	printf("ready\n");
+	fflush(stdout);
+	struct epoll_event events[MAX_GW];
+	for (;;) {
+		if (reg_port && now_ns() >= next_heartbeat) {
+			/* Registration = the weight as u32 big-endian, sent from the gateway socket itself. */
+			for (int i = 0; i < nports; i++) {
+				uint32_t w = htonl((uint32_t)weights[i]);
+				sendto(fds[i], &w, sizeof(w), 0, (struct sockaddr *)&reg, sizeof(reg));
+			}
+			next_heartbeat = now_ns() + HEARTBEAT_NS;
+		}
+		if (report_requested || stop_requested) {
+			report_requested = 0;
+			printf("counts");
+			for (int i = 0; i < nports; i++)
+				printf(" %ld:%llu:%llu", ports[i], (unsigned long long)pkts[i], (unsigned long long)bytes[i]);
+			printf("\n");
+			fflush(stdout);
+			if (stop_requested)
+				return 0;
+		}
+		int n = epoll_wait(ep, events, MAX_GW, 50);
+		for (int e = 0; e < n; e++) {
+			int i = events[e].data.u32;
+			/* Bounded drain per wakeup keeps one busy socket from starving the others. */
+			for (int round = 0; round < 16; round++) {
+				int got = recvmmsg(fds[i], msgs, VLEN, MSG_DONTWAIT, NULL);
+				if (got <= 0)
+					break;
+				pkts[i] += got;
+				for (int k = 0; k < got; k++)
+					bytes[i] += msgs[k].msg_len;
+				if (got < VLEN)
+					break;
+			}
+		}
+	}
+}

@@ -1,0 +1,142 @@
+"""One measured point (send for a fixed time, count what each gateway got) and a rate sweep."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cpu
+from balancers import Balancer, Context
+from programs import Gateways, run_sender
+
+# "Zero loss" = loss below this fraction of the datagrams sent (0.1 %).
+LOSS_THRESHOLD = 0.001
+# Paced rates, as fractions of the delivered rate at saturation (unpaced) of the same system.
+SWEEP_FRACTIONS = (0.5, 0.7, 0.85, 0.95, 1.05)
+# Time for gateways to empty their socket buffers after the sender stopped.
+DRAIN_S = 0.3
+
+
+@dataclass
+class Options:
+    seconds: float = 3.0
+    payload: int = 32
+    sender_cpu: int = 0
+    gateway_cpu: int = 1
+    batch: int = 32
+
+
+@dataclass
+class Point:
+    target_pps: float  # 0 = unpaced
+    sent: int
+    send_seconds: float
+    per_port: dict[int, int]
+    busy_ns: float
+    udp_delta: dict[str, int]
+
+    @property
+    def delivered(self) -> int:
+        return sum(self.per_port.values())
+
+    @property
+    def offered_pps(self) -> float:
+        return self.sent / self.send_seconds
+
+    @property
+    def delivered_pps(self) -> float:
+        return self.delivered / self.send_seconds
+
+    @property
+    def loss(self) -> float:
+        return max(0.0, 1 - self.delivered / self.sent) if self.sent else 1.0
+
+    @property
+    def cpu_ns_per_datagram(self) -> float:
+        return self.busy_ns / self.delivered if self.delivered else float("nan")
+
+    def weight_error_pp(self, ports: list[int], weights: list[int]) -> float:
+        """max |share_i - weight_i / sum(weights)| over gateways, in percentage points."""
+        if not self.delivered:
+            return float("nan")
+        total_weight = sum(weights)
+        return 100 * max(abs(self.per_port.get(p, 0) / self.delivered - w / total_weight)
+                         for p, w in zip(ports, weights))
+
+    def as_dict(self) -> dict:
+        return {"target_pps": self.target_pps, "sent": self.sent, "send_seconds": self.send_seconds,
+                "delivered": self.delivered, "per_port": self.per_port, "busy_ns": self.busy_ns,
+                "offered_pps": self.offered_pps, "delivered_pps": self.delivered_pps,
+                "loss": self.loss, "cpu_ns_per_datagram": self.cpu_ns_per_datagram,
+                "udp_delta": self.udp_delta}
+
+
+def measure_point(ctx: Context, balancer: Balancer, gateways: Gateways, sender: str,
+                  rate: float, seconds: float, options: Options) -> Point:
+    dst, port = balancer.destination(ctx)
+    before = gateways.counts()
+    udp_before = cpu.udp_counters(gateways.pid)
+    busy_before = cpu.busy_ns()
+    result = run_sender(sender, ctx.sender_ns, dst, port, rate, seconds, options.payload,
+                        options.sender_cpu, options.batch)
+    time.sleep(DRAIN_S)
+    busy_after = cpu.busy_ns()
+    after = gateways.counts()
+    udp_after = cpu.udp_counters(gateways.pid)
+    keys = ("InErrors", "RcvbufErrors", "InCsumErrors", "NoPorts")
+    return Point(
+        target_pps=rate, sent=result.sent, send_seconds=result.elapsed_s,
+        per_port={p: after[p] - before[p] for p in after},
+        busy_ns=busy_after - busy_before,
+        udp_delta={k: udp_after.get(k, 0) - udp_before.get(k, 0) for k in keys},
+    )
+
+
+@dataclass
+class ConfigResult:
+    """All points of one system with N gateways, plus what was noticed on the way."""
+
+    key: str
+    label: str
+    topology: str
+    balances: bool
+    ports: list[int]
+    weights: list[int]
+    points: list[Point] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def saturation(self) -> Point | None:
+        return next((p for p in self.points if p.target_pps == 0), None)
+
+    @property
+    def zero_loss(self) -> Point | None:
+        """The point with the highest delivered rate among those with loss < LOSS_THRESHOLD."""
+        good = [p for p in self.points if p.loss < LOSS_THRESHOLD and p.delivered]
+        return max(good, key=lambda p: p.delivered_pps) if good else None
+
+    def weight_error_pp(self) -> float:
+        point = self.zero_loss or self.saturation
+        if point is None or not self.balances:
+            return float("nan")
+        return point.weight_error_pp(self.ports, self.weights)
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "label": self.label, "topology": self.topology,
+                "balances": self.balances, "ports": self.ports, "weights": self.weights,
+                "points": [p.as_dict() for p in self.points], "notes": self.notes,
+                "error": self.error}
+
+
+def sweep(ctx: Context, balancer: Balancer, gateways: Gateways, sender: str, options: Options,
+          result: ConfigResult, log) -> None:
+    saturation = measure_point(ctx, balancer, gateways, sender, 0, options.seconds, options)
+    result.points.append(saturation)
+    log(saturation)
+    for fraction in SWEEP_FRACTIONS:
+        rate = round(fraction * saturation.delivered_pps, -3)
+        if rate < 1000:
+            continue
+        point = measure_point(ctx, balancer, gateways, sender, rate, options.seconds, options)
+        result.points.append(point)
+        log(point)
