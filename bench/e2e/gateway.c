@@ -40,13 +40,27 @@ static int parse_list(char *text, long *out, int max)
 	return n;
 }
 
+static void drain(int fd, struct mmsghdr *msgs, uint64_t *pkts, uint64_t *bytes, int max_rounds)
+{
+	for (int round = 0; round < max_rounds; round++) {
+		int got = recvmmsg(fd, msgs, VLEN, MSG_DONTWAIT, NULL);
+		if (got <= 0)
+			return;
+		*pkts += got;
+		for (int k = 0; k < got; k++)
+			*bytes += msgs[k].msg_len;
+		if (got < VLEN)
+			return;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	long ports[MAX_GW], weights[MAX_GW];
-	int nports = 0, nweights = 0, cpu = -1, reg_port = 0, rcvbuf = 4 << 20, opt;
+	int nports = 0, nweights = 0, cpu = -1, reg_port = 0, rcvbuf = 4 << 20, poll_us = 0, opt;
 	const char *bind_ip = "0.0.0.0";
 
-	while ((opt = getopt(argc, argv, "p:w:r:b:c:R:")) != -1) {
+	while ((opt = getopt(argc, argv, "p:w:r:b:c:R:i:")) != -1) {
 		switch (opt) {
 		case 'p': nports = parse_list(optarg, ports, MAX_GW); break;
 		case 'w': nweights = parse_list(optarg, weights, MAX_GW); break;
@@ -54,8 +68,9 @@ int main(int argc, char **argv)
 		case 'b': bind_ip = optarg; break;
 		case 'c': cpu = atoi(optarg); break;
 		case 'R': rcvbuf = atoi(optarg); break;
+		case 'i': poll_us = atoi(optarg); break;
 		default:
-			fprintf(stderr, "usage: %s -p P1,P2 [-w W1,W2 -r REGPORT] [-b IP] [-c CPU] [-R RCVBUF]\n", argv[0]);
+			fprintf(stderr, "usage: %s -p P1,P2 [-w W1,W2 -r REGPORT] [-b IP] [-c CPU] [-R RCVBUF] [-i POLL_US]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -129,20 +144,20 @@ int main(int argc, char **argv)
 			if (stop_requested)
 				return 0;
 		}
+		if (poll_us > 0) {
+			/* Timer-driven draining: nobody sleeps on the sockets, so the sender's CPU never
+			 * pays for wake-ups and the batches do not depend on wake-up timing. */
+			struct timespec pause = { .tv_sec = 0, .tv_nsec = poll_us * 1000L };
+			nanosleep(&pause, NULL);
+			for (int i = 0; i < nports; i++)
+				drain(fds[i], msgs, &pkts[i], &bytes[i], 1 << 20);
+			continue;
+		}
 		int n = epoll_wait(ep, events, MAX_GW, 50);
 		for (int e = 0; e < n; e++) {
 			int i = events[e].data.u32;
 			/* Bounded drain per wakeup keeps one busy socket from starving the others. */
-			for (int round = 0; round < 16; round++) {
-				int got = recvmmsg(fds[i], msgs, VLEN, MSG_DONTWAIT, NULL);
-				if (got <= 0)
-					break;
-				pkts[i] += got;
-				for (int k = 0; k < got; k++)
-					bytes[i] += msgs[k].msg_len;
-				if (got < VLEN)
-					break;
-			}
+			drain(fds[i], msgs, &pkts[i], &bytes[i], 16);
 		}
 	}
 }

@@ -27,6 +27,8 @@ FIRST_GATEWAY_PORT = 4001
 WEIGHTS = {3: [1, 2, 3], 16: [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]}
 WARMUP_RATE = 20000
 WARMUP_SECONDS = 0.5
+# An unpaced run first, discarded: the first saturated run of a fresh setup is reliably slower.
+SETTLE_SECONDS = 1.5
 
 
 def all_balancers() -> list[Balancer]:
@@ -45,7 +47,8 @@ def log_point(point: Point) -> None:
     target = "unpaced" if point.target_pps == 0 else f"{point.target_pps / 1e3:.0f}k"
     print(f"    {target:>8}: offered {point.offered_pps / 1e3:7.1f} kpps  delivered "
           f"{point.delivered_pps / 1e3:7.1f} kpps  loss {100 * point.loss:6.2f} %  "
-          f"cpu {point.cpu_ns_per_datagram:7.0f} ns/dgram  udp {point.udp_delta}", flush=True)
+          f"cpu {point.cpu_ns_per_datagram:7.0f} ns/dgram  bg {100 * point.background:3.0f}/{100 * point.background_after:3.0f} %  "
+          f"rcvbuf err {point.udp_delta['RcvbufErrors']} csum err {point.udp_delta['InCsumErrors']}", flush=True)
 
 
 def check_warmup(result: ConfigResult, point: Point, balancer: Balancer, ctx: Context) -> None:
@@ -85,11 +88,12 @@ def run_config(balancer: Balancer, n: int, run_tag: str, binaries: dict[str, str
         balancer.setup(ctx)
         register = 3000 if balancer.registers else None
         gateways = Gateways(binaries["gateway"], ctx.receiver_ns, ports, weights,
-                            options.gateway_cpu, register)
+                            options.gateway_cpu, register, options.gateway_poll_us)
         balancer.ready(ctx)
         warmup = measure_point(ctx, balancer, gateways, binaries["sender"], WARMUP_RATE,
                                WARMUP_SECONDS, options)
         check_warmup(result, warmup, balancer, ctx)
+        measure_point(ctx, balancer, gateways, binaries["sender"], 0, SETTLE_SECONDS, options)
         sweep(ctx, balancer, gateways, binaries["sender"], options, result, log_point)
     except Exception as error:  # one broken system must not lose the others' results
         result.error = str(error)
@@ -111,6 +115,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--payload", type=int, default=32, help="UDP payload bytes")
     parser.add_argument("--gateways", default="3,16", help="gateway counts to run (3 and/or 16)")
     parser.add_argument("--systems", default="", help="comma-separated keys to run (default: all)")
+    parser.add_argument("--gateway-poll-us", type=int, default=1000,
+                        help="gateways drain sockets every N us; 0 = block in epoll (wake-ups)")
     parser.add_argument("--results", default="", help="also write raw results as JSON here")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.*")
     return parser.parse_args()
@@ -137,7 +143,8 @@ def main() -> int:
     cleanup.push("bpffs pins", lambda: [shutil.rmtree(os.path.join(netns.BPFFS, e), ignore_errors=True)
                                         for e in os.listdir(netns.BPFFS) if e.startswith(run_tag)])
 
-    options = Options(seconds=args.seconds, payload=args.payload)
+    options = Options(seconds=args.seconds, payload=args.payload,
+                      gateway_poll_us=args.gateway_poll_us)
     binaries = compile_programs(scratch)
     balancers = all_balancers()
     if args.systems:

@@ -1,0 +1,238 @@
+"""The ebpflb command line: one sub-app per resource. Library errors become one red line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Callable, List, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EbpflbError
+from .instance import DEFAULT_PIN_PATH, Instance, Snapshot, config_for
+from .layout import MAX_WEIGHT, CtlOp, RejectReason
+from .object_file import object_path
+
+app = typer.Typer(
+    help="Kernel-fast UDP load balancer for local listeners (XDP, smooth weighted round-robin).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+gateways_app = typer.Typer(help="List gateways, or add one by hand.", invoke_without_command=True)
+weights_app = typer.Typer(help="Change gateway weights.", no_args_is_help=True)
+app.add_typer(gateways_app, name="gateways")
+app.add_typer(weights_app, name="weights")
+
+out = Console()
+err = Console(stderr=True)
+
+PinPath = Annotated[str, typer.Option("--pin-path", help="bpffs directory of the instance.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+T = TypeVar("T")
+
+
+def run(action: Callable[[], T]) -> T:
+    """Turns an EbpflbError (or a stray OSError) into one line on stderr and exit code 1."""
+    try:
+        return action()
+    except EbpflbError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    except OSError as e:
+        err.print(f"[red]error:[/red] {e.strerror or e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def port_arg(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a UDP port (1-65535)")
+    return value
+
+
+def weight_arg(value: int) -> int:
+    if not 0 <= value <= MAX_WEIGHT:
+        raise typer.BadParameter(f"{value} is out of range (0-{MAX_WEIGHT})")
+    return value
+
+
+@app.command()
+def load(
+    interfaces: Annotated[List[str], typer.Argument(help="Interfaces to balance on; lo is always added.")],
+    trace: Annotated[bool, typer.Option("-t", "--trace", help="Log registrations and removals to the trace pipe.")] = False,
+    expiry: Annotated[float, typer.Option("-e", "--expiry", help="Seconds without a heartbeat before a gateway expires.")] = 30.0,
+    port: Annotated[int, typer.Option("--port", help="Service port to balance.")] = 2152,
+    reg_port: Annotated[int, typer.Option("--reg-port", help="Port gateways register on.")] = 3000,
+    mode: Annotated[str, typer.Option("--mode", help="XDP mode: auto (native, else generic), native or skb.")] = "auto",
+    drop_without_gateway: Annotated[
+        bool, typer.Option("--drop-without-gateway", help="Drop service datagrams while no gateway is live.")
+    ] = False,
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
+    if mode not in ("auto", "native", "skb"):
+        err.print(f"[red]error:[/red] --mode must be auto, native or skb, not {mode!r}", highlight=False)
+        raise typer.Exit(code=1)
+
+    def act() -> None:
+        config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway)
+        attached = Instance(pin_path).load(interfaces, config, mode)
+        where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
+        out.print(f"ebpflb loaded on {where}; service port {port}, registrations on {reg_port}, pins in {pin_path}")
+
+    run(act)
+
+
+@app.command()
+def unload(pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+    """Detach everything the instance attached and remove its pins."""
+
+    def act() -> None:
+        detached = Instance(pin_path).unload()
+        where = ", ".join(a.ifname for a in detached) or "no interface"
+        out.print(f"ebpflb unloaded from {where}; removed {pin_path}")
+
+    run(act)
+
+
+def status_dict(instance: Instance, snap: Snapshot) -> dict:
+    c, cfg = snap.counters, snap.state.config
+    return {
+        "pin_path": instance.pin_path,
+        "interfaces": [{"name": a.ifname, "mode": a.mode} for a in instance.attachments()],
+        "config": {
+            "service_port": cfg.service_port,
+            "reg_port": cfg.reg_port,
+            "expiry_s": cfg.expiry_ns / 1e9,
+            "trace": bool(cfg.trace),
+            "userspace_registrations": bool(cfg.userspace_reg),
+            "drop_without_gateway": bool(cfg.drop_without_gateway),
+        },
+        "gateways": len(snap.gateways),
+        "counters": {
+            "service": c.service,
+            "no_gateway_passed": c.no_gateway_passed,
+            "no_gateway_dropped": c.no_gateway_dropped,
+            "unbalanced": c.unbalanced,
+            "registrations_accepted": c.reg_accepted,
+            "registrations_rejected": {r.name.lower(): c.reg_rejected[r] for r in RejectReason},
+            "expired": c.expired,
+            "schedule_rebuilds": c.rebuilds,
+        },
+    }
+
+
+@app.command()
+def status(as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+    """Interfaces, mode, configuration and global counters."""
+
+    def act() -> None:
+        instance = Instance(pin_path)
+        info = status_dict(instance, instance.snapshot())
+        if as_json:
+            print(json.dumps(info, indent=2))
+            return
+        where = ", ".join(f"{i['name']} ({i['mode']})" for i in info["interfaces"]) or "[yellow]not attached[/yellow]"
+        cfg = info["config"]
+        out.print(f"[bold]ebpflb[/bold] at {pin_path}: {where}")
+        out.print(
+            f"service port {cfg['service_port']}, registration port {cfg['reg_port']}, "
+            f"expiry {cfg['expiry_s']:g} s, trace {'on' if cfg['trace'] else 'off'}, "
+            f"registrations in {'user space' if cfg['userspace_registrations'] else 'kernel'}, "
+            f"without gateway: {'drop' if cfg['drop_without_gateway'] else 'pass'}"
+        )
+        table = Table("counter", "value", box=None)
+        counters = info["counters"]
+        for key, value in counters.items():
+            if isinstance(value, dict):
+                for reason, n in value.items():
+                    table.add_row(f"{key}.{reason}", str(n))
+            else:
+                table.add_row(key, str(value))
+        out.print(f"{info['gateways']} gateway(s)")
+        out.print(table)
+
+    run(act)
+
+
+def gateway_rows(snap: Snapshot) -> list[dict]:
+    total_weight = sum(g.weight for g in snap.gateways) or 1
+    total_packets = sum(g.packets for g in snap.gateways) or 1
+    return [
+        {
+            "port": g.port,
+            "weight": g.weight,
+            "weight_share": g.weight / total_weight,
+            "packets": g.packets,
+            "packet_share": g.packets / total_packets,
+            "bytes": g.bytes,
+            "age_s": round(g.age_s, 3),
+            "static": g.is_static,
+            "slot": g.slot,
+        }
+        for g in sorted(snap.gateways, key=lambda g: g.port)
+    ]
+
+
+@gateways_app.callback()
+def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+    """One row per gateway: port, weight, shares, packets, bytes, seconds since registration."""
+    if ctx.invoked_subcommand:
+        return
+
+    def act() -> None:
+        rows = gateway_rows(Instance(pin_path).snapshot())
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table("port", "weight", "weight %", "packets", "packet %", "bytes", "age s", "static")
+        for r in rows:
+            table.add_row(
+                str(r["port"]),
+                str(r["weight"]),
+                f"{100 * r['weight_share']:.1f}",
+                str(r["packets"]),
+                f"{100 * r['packet_share']:.1f}",
+                str(r["bytes"]),
+                f"{r['age_s']:.1f}",
+                "yes" if r["static"] else "",
+            )
+        out.print(table if rows else "no gateways registered")
+
+    run(act)
+
+
+@gateways_app.command("add")
+def gateways_add(
+    port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
+    weight: Annotated[int, typer.Option("--weight", "-w", help="Weight, 1-65535.", callback=weight_arg)] = 1,
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Add a gateway by hand. It never expires; `weights set PORT 0` removes it."""
+    if weight == 0:
+        err.print("[red]error:[/red] a new gateway needs a weight of at least 1", highlight=False)
+        raise typer.Exit(code=1)
+    run(lambda: Instance(pin_path).control(CtlOp.ADD_STATIC, port, weight))
+    out.print(f"gateway {port} added with weight {weight} (static: it does not expire)")
+
+
+@weights_app.command("set")
+def weights_set(
+    port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
+    weight: Annotated[int, typer.Argument(help="New weight; 0 removes the gateway.", callback=weight_arg)],
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Change a gateway's weight (0 removes it)."""
+    run(lambda: Instance(pin_path).control(CtlOp.SET_WEIGHT, port, weight))
+    out.print(f"gateway {port} removed" if weight == 0 else f"gateway {port} weight set to {weight}")
+
+
+@app.command("object-path")
+def object_path_cmd() -> None:
+    """Print the path of the shipped XDP object (for xdp-loader)."""
+    print(object_path())
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="ebpflb")

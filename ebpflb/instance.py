@@ -1,0 +1,374 @@
+"""One ebpflb instance: the XDP program attached to interfaces and its state pinned in a
+directory on bpffs. Every operation finds the live instance through its pins."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from . import libbpf
+from .errors import EbpflbError
+from .layout import MAX_GATEWAYS, CpuData, CtlArgs, CtlOp, GatewayCounters, GlobalCounters, LbConfig, LbState, RejectReason
+from .object_file import CONFIG_SECTION, CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM, object_path
+from .system import LOOPBACK_IFINDEX, ifindex_of, ifname_of, interfaces, require_bpffs, require_root
+
+DEFAULT_PIN_PATH = "/sys/fs/bpf/ebpflb"
+MODES = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
+
+REJECT_TEXT = {
+    RejectReason.NOT_LOOPBACK: "registrations are accepted only from a loopback source on lo",
+    RejectReason.SHORT_PAYLOAD: "a registration needs 4 payload bytes (weight, u32 big-endian)",
+    RejectReason.WEIGHT_RANGE: "weight out of range (0-65535)",
+    RejectReason.TABLE_FULL: f"the gateway table is full ({MAX_GATEWAYS} gateways)",
+    RejectReason.MALFORMED: "malformed registration datagram",
+    RejectReason.UNKNOWN_GATEWAY: "no gateway on that port: add it with `ebpflb gateways add PORT --weight W`",
+    RejectReason.BAD_REQUEST: "invalid request (port must be 1-65535)",
+}
+
+
+@dataclass
+class Attachment:
+    ifname: str
+    ifindex: int
+    mode: str  # "native" or "skb"
+
+
+@dataclass
+class GatewayInfo:
+    slot: int
+    port: int
+    weight: int
+    is_static: bool
+    age_s: float
+    packets: int
+    bytes: int
+
+
+@dataclass
+class Snapshot:
+    """Everything `status` and `gateways` show, read at one moment."""
+
+    state: LbState
+    counters: GlobalCounters
+    gateways: list[GatewayInfo]
+
+
+def config_for(
+    service_port: int, reg_port: int, expiry_s: float, trace: bool, userspace_reg: bool, drop_without_gateway: bool
+) -> LbConfig:
+    for name, port in (("--port", service_port), ("--reg-port", reg_port)):
+        if not 1 <= port <= 65535:
+            raise EbpflbError(f"{name} {port} is not a UDP port: use 1-65535")
+    if service_port == reg_port:
+        raise EbpflbError("the service port and the registration port must differ")
+    if not 0 < expiry_s <= 365 * 86400:
+        raise EbpflbError(f"expiry {expiry_s} s is out of range: use more than 0 and at most a year")
+    return LbConfig(
+        service_port=service_port,
+        reg_port=reg_port,
+        expiry_ns=int(expiry_s * 1e9),
+        trace=int(trace),
+        userspace_reg=int(userspace_reg),
+        drop_without_gateway=int(drop_without_gateway),
+    )
+
+
+class Instance:
+    def __init__(self, pin_path: str = DEFAULT_PIN_PATH) -> None:
+        self.pin_path = os.path.normpath(pin_path)
+
+    def pin(self, name: str) -> str:
+        return os.path.join(self.pin_path, name)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def load(self, ifnames: list[str], config: LbConfig, mode: str = "auto") -> list[Attachment]:
+        """Loads the object over the pins (adopting existing state) and attaches it.
+
+        Registrations arrive on lo, so lo is always attached too (generic mode)."""
+        require_root()
+        require_bpffs(self.pin_path)
+        targets = self._targets(ifnames)
+        with self._locked(create=True):
+            live = self.attachments()
+            if live:
+                where = ", ".join(a.ifname for a in live)
+                raise EbpflbError(f"ebpflb is already loaded at {self.pin_path} (on {where}): run `ebpflb unload` first")
+            for index, name in targets:
+                other = self._attached_id(index)
+                if other:
+                    raise EbpflbError(
+                        f"{name} already has another XDP program (id {other}): detach it first "
+                        f"(`ip link set dev {name} xdp off`)"
+                    )
+            fresh = not os.path.exists(self.pin(PINNED_MAPS[0]))
+            try:
+                return self._load_and_attach(targets, config, mode)
+            except BaseException:
+                if fresh:  # nothing was there before this command: leave nothing behind
+                    self._remove_pins()
+                raise
+
+    def _load_and_attach(self, targets: list[tuple[int, str]], config: LbConfig, mode: str) -> list[Attachment]:
+        obj = self._open_object(config)
+        try:
+            attached = self._attach_all(obj, targets, mode)
+            try:
+                for prog in (XDP_PROGRAM, CONTROL_PROGRAM):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.pin(prog))  # left by an instance whose interfaces are gone
+                    obj.pin_program(prog, self.pin(prog))
+            except OSError as e:
+                self._detach(attached, obj.program_fd(XDP_PROGRAM))
+                raise EbpflbError(f"could not pin the programs in {self.pin_path}: {e.strerror}") from None
+        finally:
+            obj.close()
+        self.control(CtlOp.SWEEP)  # publishes the configuration for status
+        return attached
+
+    def _remove_pins(self) -> None:
+        for name in (XDP_PROGRAM, CONTROL_PROGRAM, *PINNED_MAPS):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pin(name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.pin_path)
+
+    def unload(self) -> list[Attachment]:
+        """Detaches everything this instance attached and removes its pins."""
+        require_root()
+        if not os.path.isdir(self.pin_path):
+            raise EbpflbError(f"nothing is loaded at {self.pin_path}: see `ebpflb status --pin-path DIR`")
+        with self._locked(create=False):
+            attached = self.attachments()
+            if attached:
+                fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
+                try:
+                    self._detach(attached, fd)
+                finally:
+                    os.close(fd)
+            self._remove_pins()
+        return attached
+
+    def attachments(self) -> list[Attachment]:
+        """Interfaces of this network namespace running this instance's program."""
+        try:
+            fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
+        except OSError:
+            return []
+        try:
+            ours = libbpf.prog_id(fd)
+        finally:
+            os.close(fd)
+        found = []
+        for index, name in interfaces():
+            for mode, flag in MODES.items():
+                if self._query(index, flag) == ours:
+                    found.append(Attachment(name, index, mode))
+        return found
+
+    # ---------------------------------------------------------------- state
+
+    def require_loaded(self) -> None:
+        if not os.path.exists(self.pin(PINNED_MAPS[0])):
+            raise EbpflbError(
+                f"nothing is loaded at {self.pin_path}: run `ebpflb load IFACE` (or pass the --pin-path it used)"
+            )
+
+    def snapshot(self) -> Snapshot:
+        self.require_loaded()
+        state = LbState()
+        fd = self._map_fd("lb_state")
+        try:
+            libbpf.map_lookup(fd, 0, state)
+        finally:
+            os.close(fd)
+        global_counters, per_slot = self._counters()
+        now = time.monotonic_ns()
+        gateways = [
+            GatewayInfo(
+                slot=slot,
+                port=g.port,
+                weight=g.weight,
+                is_static=bool(g.is_static),
+                age_s=max(0.0, (now - g.last_seen_ns) / 1e9),
+                packets=per_slot[slot].packets,
+                bytes=per_slot[slot].bytes,
+            )
+            for slot, g in enumerate(state.gw)
+            if g.port
+        ]
+        return Snapshot(state, global_counters, gateways)
+
+    def _counters(self) -> tuple[GlobalCounters, list[GatewayCounters]]:
+        """Sums the per-CPU counters."""
+        ncpu = libbpf.num_possible_cpus()
+        stride = (ctypes.sizeof(CpuData) + 7) & ~7
+        buf = (ctypes.c_char * (stride * ncpu))()
+        fd = self._map_fd("lb_percpu")
+        try:
+            libbpf.map_lookup(fd, 0, buf)
+        finally:
+            os.close(fd)
+        total = GlobalCounters()
+        slots = [GatewayCounters() for _ in range(MAX_GATEWAYS)]
+        for cpu in range(ncpu):
+            data = CpuData.from_buffer(buf, cpu * stride)
+            for name, _ in GlobalCounters._fields_:
+                mine = getattr(data.global_, name)
+                if name == "reg_rejected":
+                    for i in range(len(mine)):
+                        total.reg_rejected[i] += mine[i]
+                else:
+                    setattr(total, name, getattr(total, name) + mine)
+            for slot in range(MAX_GATEWAYS):
+                slots[slot].packets += data.gw[slot].packets
+                slots[slot].bytes += data.gw[slot].bytes
+        return total, slots
+
+    # ---------------------------------------------------------------- control
+
+    def control(self, op: CtlOp, port: int = 0, weight: int = 0, **fields: object) -> None:
+        """Runs one operation of the kernel's control program against the pinned state.
+
+        An instance loaded by xdp-loader pins no control program: the shipped object is then
+        loaded once over the same pins to run it (with its compiled-in defaults)."""
+        self.require_loaded()
+        if not 0 <= port <= 65535:
+            raise EbpflbError(f"port {port} is out of range: use 1-65535")
+        if not 0 <= weight <= 0xFFFFFFFF:
+            raise EbpflbError(f"weight {weight} is out of range: use 0-65535")
+        args = CtlArgs(op=op, port=port, weight=weight)
+        for name, value in fields.items():
+            setattr(args, name, value)
+        with self._control_fd() as fd:
+            ret = libbpf.run_syscall(fd, args)
+        if ret < 0:
+            raise EbpflbError(REJECT_TEXT.get(RejectReason(-ret - 1), f"rejected ({ret})"))
+
+    @contextlib.contextmanager
+    def _control_fd(self) -> Iterator[int]:
+        try:
+            fd = libbpf.obj_get(self.pin(CONTROL_PROGRAM))
+        except OSError:
+            with libbpf.BpfObject(str(object_path()), pin_root=self.pin_path) as obj:
+                self._load_object(obj)
+                yield obj.program_fd(CONTROL_PROGRAM)
+            return
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _targets(self, ifnames: list[str]) -> list[tuple[int, str]]:
+        if not ifnames:
+            raise EbpflbError("name at least one interface, e.g. `ebpflb load eth0`")
+        targets: dict[int, str] = {}
+        for name in ifnames:
+            targets.setdefault(ifindex_of(name), name)
+        targets.setdefault(LOOPBACK_IFINDEX, ifname_of(LOOPBACK_IFINDEX))
+        return sorted(targets.items())
+
+    def _open_object(self, config: LbConfig) -> libbpf.BpfObject:
+        os.makedirs(self.pin_path, exist_ok=True)
+        obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
+        try:
+            section = obj.section(CONFIG_SECTION)
+            ctypes.memmove(section, ctypes.addressof(config), ctypes.sizeof(config))
+            self._load_object(obj)
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _load_object(self, obj: libbpf.BpfObject) -> None:
+        try:
+            obj.load()
+        except OSError as e:
+            log = "\n".join(libbpf.lib().log)
+            if "couldn't reuse pinned map" in log or "not compatible" in log:
+                raise EbpflbError(
+                    f"the maps pinned in {self.pin_path} belong to another version of ebpflb: "
+                    f"remove them with `ebpflb unload --pin-path {self.pin_path}`"
+                ) from None
+            if e.errno == errno.EPERM:
+                raise EbpflbError("the kernel refused to load the BPF program (EPERM): run as root") from None
+            raise EbpflbError(f"loading the BPF object failed: {e.strerror}; libbpf said: {_last_line(log)}") from None
+
+    def _attach_all(self, obj: libbpf.BpfObject, targets: list[tuple[int, str]], mode: str) -> list[Attachment]:
+        """Attaches to every target or to none."""
+        prog_fd = obj.program_fd(XDP_PROGRAM)
+        attached: list[Attachment] = []
+        try:
+            for index, name in targets:
+                attached.append(self._attach(prog_fd, index, name, "skb" if index == LOOPBACK_IFINDEX else mode))
+        except BaseException:
+            self._detach(attached, prog_fd)
+            raise
+        return attached
+
+    def _attach(self, prog_fd: int, index: int, name: str, mode: str) -> Attachment:
+        tries = ["native", "skb"] if mode == "auto" else [mode]
+        error: Optional[OSError] = None
+        for attempt in tries:
+            try:
+                libbpf.xdp_attach(index, prog_fd, MODES[attempt] | libbpf.XDP_FLAGS_UPDATE_IF_NOEXIST)
+                return Attachment(name, index, attempt)
+            except OSError as e:
+                error = e
+        assert error is not None
+        hint = " (lo supports only --mode skb)" if index == LOOPBACK_IFINDEX else ""
+        raise EbpflbError(f"could not attach XDP to {name} in {mode} mode: {error.strerror}{hint}") from None
+
+    def _detach(self, attached: list[Attachment], prog_fd: int) -> None:
+        ours = libbpf.prog_id(prog_fd)
+        for a in attached:
+            if self._query(a.ifindex, MODES[a.mode]) == ours:  # never detach another program
+                with contextlib.suppress(OSError):
+                    libbpf.xdp_detach(a.ifindex, MODES[a.mode])
+
+    def _attached_id(self, ifindex: int) -> int:
+        return max(self._query(ifindex, flag) for flag in MODES.values())
+
+    @staticmethod
+    def _query(ifindex: int, flag: int) -> int:
+        try:
+            return libbpf.xdp_query_id(ifindex, flag)
+        except OSError:
+            return 0
+
+    def _map_fd(self, name: str) -> int:
+        try:
+            return libbpf.obj_get(self.pin(name))
+        except OSError as e:
+            raise EbpflbError(f"cannot open {self.pin(name)}: {e.strerror}; is ebpflb loaded there?") from None
+
+    @contextlib.contextmanager
+    def _locked(self, create: bool) -> Iterator[None]:
+        """Serialises load and unload of one pin directory across processes."""
+        if create:
+            try:
+                os.makedirs(self.pin_path, exist_ok=True)
+            except OSError as e:
+                raise EbpflbError(f"cannot create {self.pin_path}: {e.strerror}") from None
+        fd = os.open(self.pin_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EbpflbError(f"another ebpflb command is loading or unloading {self.pin_path}: retry") from None
+            yield
+        finally:
+            os.close(fd)
+
+
+def _last_line(log: str) -> str:
+    lines = [line for line in log.splitlines() if line.strip()]
+    return lines[-1] if lines else "nothing"

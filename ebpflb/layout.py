@@ -1,0 +1,142 @@
+"""ctypes mirror of kernel/ebpflb.h, the byte contract between the object and user space.
+
+tests/test_layout.py checks every struct here against the object's BTF.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+MAX_GATEWAYS = 256
+SCHED_SIZE = 4096
+MAX_WEIGHT = 65535
+REG_PAYLOAD_MIN = 4
+
+
+class RejectReason(enum.IntEnum):
+    NOT_LOOPBACK = 0
+    SHORT_PAYLOAD = 1
+    WEIGHT_RANGE = 2
+    TABLE_FULL = 3
+    MALFORMED = 4
+    UNKNOWN_GATEWAY = 5
+    BAD_REQUEST = 6
+
+
+NR_REJECT_REASONS = len(RejectReason)
+
+
+class CtlOp(enum.IntEnum):
+    REGISTER = 1
+    SET_WEIGHT = 2
+    ADD_STATIC = 3
+    SWEEP = 4
+
+
+u8, u16, u32, u64, s64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+
+
+class CtlArgs(ctypes.Structure):
+    _fields_ = [
+        ("op", u32),
+        ("weight", u32),
+        ("port", u16),
+        ("family", u16),
+        ("ifindex", u32),
+        ("addr", u32 * 4),
+        ("payload_len", u32),
+        ("pad", u32),
+    ]
+
+
+class Gateway(ctypes.Structure):
+    _fields_ = [
+        ("port", u16),
+        ("is_static", u8),
+        ("pad", u8),
+        ("weight", u32),
+        ("last_seen_ns", u64),
+    ]
+
+
+class LbConfig(ctypes.Structure):
+    _fields_ = [
+        ("service_port", u16),
+        ("reg_port", u16),
+        ("trace", u8),
+        ("userspace_reg", u8),
+        ("drop_without_gateway", u8),
+        ("pad", u8),
+        ("expiry_ns", u64),
+    ]
+
+
+class LbState(ctypes.Structure):
+    _fields_ = [
+        ("lock", u32),
+        ("version", u32),
+        ("count", u32),
+        ("built_version", u32),
+        ("active", u32),
+        ("building", u32),
+        ("schedule_gen", u32),
+        ("slots_used", u32),
+        ("free_top", u32),
+        ("pad", u32),
+        ("next_expiry_ns", u64),
+        ("config", LbConfig),
+        ("gw", Gateway * MAX_GATEWAYS),
+        ("free_slots", u16 * MAX_GATEWAYS),
+        ("slot_of_port", u16 * 65536),
+    ]
+
+
+class Schedule(ctypes.Structure):
+    _fields_ = [
+        ("len", u32),
+        ("gen", u32),
+        ("slot", u16 * SCHED_SIZE),
+    ]
+
+
+class GlobalCounters(ctypes.Structure):
+    _fields_ = [
+        ("service", u64),
+        ("no_gateway_passed", u64),
+        ("no_gateway_dropped", u64),
+        ("unbalanced", u64),
+        ("reg_accepted", u64),
+        ("reg_rejected", u64 * NR_REJECT_REASONS),
+        ("expired", u64),
+        ("rebuilds", u64),
+    ]
+
+
+class GatewayCounters(ctypes.Structure):
+    _fields_ = [
+        ("packets", u64),
+        ("bytes", u64),
+    ]
+
+
+class CpuData(ctypes.Structure):
+    _fields_ = [
+        ("cursor", u32),
+        ("gen", u32),
+        ("global_", GlobalCounters),
+        ("gw", GatewayCounters * MAX_GATEWAYS),
+    ]
+
+
+# Structs checked against the object's BTF, by their C names.
+BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "ctl_args": CtlArgs,
+    "gateway": Gateway,
+    "lb_config": LbConfig,
+    "lb_state": LbState,
+    "schedule": Schedule,
+    "global_counters": GlobalCounters,
+    "gateway_counters": GatewayCounters,
+    "cpu_data": CpuData,
+}

@@ -1,0 +1,250 @@
+"""All ctypes access to the system libbpf (libbpf.so.1, version 1.0 or newer).
+
+Every symbol used has argtypes and restype. libbpf's int functions return -errno and its
+pointer functions return NULL with errno set; both become OSError with the errno text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Optional
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1
+XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
+
+
+class BpfObjectOpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts of libbpf 1.1 (libbpf.h); later versions only append."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", ctypes.c_char_p),
+        ("_unused_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", ctypes.c_char_p),
+        ("btf_custom_path", ctypes.c_char_p),
+        ("kernel_log_buf", ctypes.c_char_p),
+        ("kernel_log_size", ctypes.c_size_t),
+        ("kernel_log_level", ctypes.c_uint32),
+    ]
+
+
+class BpfTestRunOpts(ctypes.Structure):
+    """struct bpf_test_run_opts (bpf.h)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+_SIGNATURES = {
+    "bpf_object__open_file": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.POINTER(BpfObjectOpenOpts)]),
+    "bpf_object__load": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_object__close": (None, [ctypes.c_void_p]),
+    "bpf_object__find_program_by_name": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_object__find_map_by_name": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_program__pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
+    "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
+    "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]),
+    "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_xdp_attach": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
+    "bpf_xdp_detach": (ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
+    "bpf_xdp_query_id": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_prog_test_run_opts": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)]),
+    "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    "libbpf_set_print": (ctypes.c_void_p, [ctypes.c_void_p]),
+}
+
+
+def _open_library() -> ctypes.CDLL:
+    for name in ("libbpf.so.1", ctypes.util.find_library("bpf")):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+    raise OSError("libbpf.so.1 not found: install libbpf 1.0 or newer (Debian: apt-get install libbpf1)")
+
+
+class LibBpf:
+    """The loaded library with typed symbols; use the module-level `lib()`."""
+
+    def __init__(self) -> None:
+        self._dll = _open_library()
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            fn = getattr(self._dll, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(self, name, fn)
+        self.log: list[str] = []
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        self._print_cb = PRINT_FN(self._collect)  # kept alive as long as libbpf may call it
+        self._dll.libbpf_set_print(ctypes.cast(self._print_cb, ctypes.c_void_p))
+
+    def _collect(self, level: int, fmt: bytes, args: int) -> int:
+        """Keeps libbpf's messages for error reports instead of printing them to stderr."""
+        buf = ctypes.create_string_buffer(1024)
+        self._libc.vsnprintf(buf, len(buf), fmt, args)
+        self.log.append(buf.value.decode(errors="replace").rstrip())
+        del self.log[:-400]
+        return 0
+
+
+_lib: Optional[LibBpf] = None
+
+
+def lib() -> LibBpf:
+    global _lib
+    if _lib is None:
+        _lib = LibBpf()
+    return _lib
+
+
+def check(ret: int, what: str) -> int:
+    """Raises OSError for a libbpf int return (-errno); returns it otherwise."""
+    if ret < 0:
+        err = -ret
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def check_ptr(ptr: Optional[int], what: str) -> int:
+    """Raises OSError for a libbpf NULL pointer return (errno set)."""
+    if not ptr:
+        err = ctypes.get_errno() or 22
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ptr
+
+
+class BpfObject:
+    """An opened (and then loaded) BPF object file; closing it drops unpinned programs."""
+
+    def __init__(self, path: str, pin_root: Optional[str] = None) -> None:
+        self._lib = lib()
+        opts = BpfObjectOpenOpts(sz=ctypes.sizeof(BpfObjectOpenOpts))
+        if pin_root:
+            opts.pin_root_path = pin_root.encode()
+        self._ptr = check_ptr(self._lib.bpf_object__open_file(path.encode(), ctypes.byref(opts)), f"open {path}")
+
+    def section(self, name: str) -> ctypes.Array:
+        """Writable view of an internal map's initial value (.rodata.*), before load."""
+        map_ptr = check_ptr(self._lib.bpf_object__find_map_by_name(self._ptr, name.encode()), f"map {name}")
+        size = ctypes.c_size_t()
+        data = check_ptr(self._lib.bpf_map__initial_value(map_ptr, ctypes.byref(size)), f"initial value of {name}")
+        return (ctypes.c_char * size.value).from_address(data)
+
+    def load(self) -> None:
+        check(self._lib.bpf_object__load(self._ptr), "load BPF object")
+
+    def program_fd(self, name: str) -> int:
+        prog = check_ptr(self._lib.bpf_object__find_program_by_name(self._ptr, name.encode()), f"program {name}")
+        return check(self._lib.bpf_program__fd(prog), f"fd of program {name}")
+
+    def pin_program(self, name: str, path: str) -> None:
+        prog = check_ptr(self._lib.bpf_object__find_program_by_name(self._ptr, name.encode()), f"program {name}")
+        check(self._lib.bpf_program__pin(prog, path.encode()), f"pin {path}")
+
+    def map_fd(self, name: str) -> int:
+        map_ptr = check_ptr(self._lib.bpf_object__find_map_by_name(self._ptr, name.encode()), f"map {name}")
+        return check(self._lib.bpf_map__fd(map_ptr), f"fd of map {name}")
+
+    def close(self) -> None:
+        if self._ptr:
+            self._lib.bpf_object__close(self._ptr)
+            self._ptr = 0
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def obj_get(path: str) -> int:
+    """Opens a pinned object; the caller closes the fd."""
+    return check(lib().bpf_obj_get(path.encode()), f"open pin {path}")
+
+
+def map_lookup(fd: int, key: int, value: ctypes.Array | ctypes.Structure) -> None:
+    k = ctypes.c_uint32(key)
+    ret = lib().bpf_map_lookup_elem(fd, ctypes.byref(k), ctypes.byref(value))
+    if ret == -2:
+        raise KeyError(key)
+    check(ret, "map lookup")
+
+
+def prog_id(fd: int) -> int:
+    """The kernel id of the program behind fd (struct bpf_prog_info: type, id, ...)."""
+    info = (ctypes.c_uint32 * 64)()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "program info")
+    return int(info[1])
+
+
+def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> None:
+    check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), "attach XDP")
+
+
+def xdp_detach(ifindex: int, flags: int) -> None:
+    check(lib().bpf_xdp_detach(ifindex, flags, None), "detach XDP")
+
+
+def xdp_query_id(ifindex: int, flags: int) -> int:
+    prog = ctypes.c_uint32()
+    check(lib().bpf_xdp_query_id(ifindex, flags, ctypes.byref(prog)), "query XDP")
+    return prog.value
+
+
+def test_run(prog_fd: int, data: bytes, repeat: int = 1, ctx: Optional[ctypes.Structure] = None) -> tuple[int, bytes, int]:
+    """Runs a packet program `repeat` times on data; returns (verdict, data out, ns per run)."""
+    opts = BpfTestRunOpts(sz=ctypes.sizeof(BpfTestRunOpts), repeat=repeat)
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + 512)
+    opts.data_in = ctypes.cast(data_in, ctypes.c_void_p)
+    opts.data_size_in = len(data)
+    opts.data_out = ctypes.cast(data_out, ctypes.c_void_p)
+    opts.data_size_out = len(data_out)
+    if ctx is not None:
+        opts.ctx_in = opts.ctx_out = ctypes.addressof(ctx)
+        opts.ctx_size_in = opts.ctx_size_out = ctypes.sizeof(ctx)
+    check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run")
+    return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
+
+
+def run_syscall(prog_fd: int, ctx: ctypes.Structure) -> int:
+    """Runs a syscall program once with ctx (written back in place); returns its return value."""
+    opts = BpfTestRunOpts(sz=ctypes.sizeof(BpfTestRunOpts))
+    opts.ctx_in = ctypes.addressof(ctx)
+    opts.ctx_size_in = ctypes.sizeof(ctx)
+    check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "run control program")
+    return ctypes.c_int32(opts.retval).value
+
+
+def num_possible_cpus() -> int:
+    return check(lib().libbpf_num_possible_cpus(), "count possible CPUs")

@@ -1,0 +1,13 @@
+"""Where the shipped, prebuilt XDP object lives inside the package."""
+
+from pathlib import Path
+
+OBJECT_NAME = "ebpflb.bpf.o"
+XDP_PROGRAM = "ebpflb_xdp"
+CONTROL_PROGRAM = "ebpflb_control"
+CONFIG_SECTION = ".rodata.config"
+PINNED_MAPS = ("lb_state", "lb_schedules", "lb_percpu")
+
+
+def object_path() -> Path:
+    return Path(__file__).resolve().parent / "bpf" / OBJECT_NAME

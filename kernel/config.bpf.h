@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Load-time configuration: its own read-only section, written by the loader before load;
+ * xdp-loader users get these defaults. The verifier sees the values, so a disabled
+ * feature costs nothing on the packet path. */
+#ifndef CONFIG_BPF_H
+#define CONFIG_BPF_H
+
+#define DEFAULT_SERVICE_PORT	2152
+#define DEFAULT_REG_PORT	3000
+#define DEFAULT_EXPIRY_NS	(30ULL * 1000000000ULL)
+
+const volatile struct lb_config lb_config SEC(".rodata.config") = {
+	.service_port = DEFAULT_SERVICE_PORT,
+	.reg_port = DEFAULT_REG_PORT,
+	.expiry_ns = DEFAULT_EXPIRY_NS,
+};
+
+#define trace(fmt, ...)                                        \
+	({                                                     \
+		if (lb_config.trace)                              \
+			bpf_printk("ebpflb: " fmt, ##__VA_ARGS__); \
+	})
+
+#endif /* CONFIG_BPF_H */

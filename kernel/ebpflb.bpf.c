@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* ebpflb: spreads UDP datagrams for the service port over registered local gateways.
+ * Entry points: the XDP program (first in the object, so xdp-loader picks it) and a
+ * control program that user space runs with BPF_PROG_TEST_RUN. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ebpflb.h"
+#include "config.bpf.h"
+#include "maps.bpf.h"
+#include "parsing.bpf.h"
+#include "csum.bpf.h"
+#include "scheduler.bpf.h"
+#include "registry.bpf.h"
+
+/* A registration datagram: consumed here unless user space (-u) handles them. */
+static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_view *v,
+					       struct hdr_cursor *c)
+{
+	__u16 port = bpf_ntohs(v->udp->source);
+	__u32 udp_len, reason;
+	__be32 *weight;
+
+	if (lb_config.userspace_reg)
+		return XDP_PASS;
+	udp_len = bpf_ntohs(v->udp->len);
+	weight = c->pos;
+
+	if (ctx->ingress_ifindex != 1 || !is_loopback_source(v))
+		reason = REJECT_NOT_LOOPBACK;
+	else if (v->fragmented || udp_len < sizeof(struct udphdr) || (v->ipv6 && !v->udp->check))
+		reason = REJECT_MALFORMED;
+	else if (udp_len < sizeof(struct udphdr) + REG_PAYLOAD_MIN || (void *)(weight + 1) > c->end)
+		reason = REJECT_SHORT_PAYLOAD;
+	else {
+		registry_update(port, bpf_ntohl(*weight), 0, bpf_ktime_get_coarse_ns());
+		return XDP_DROP;
+	}
+	count_reject(this_cpu_data(), reason);
+	trace("reject port=%u reason=%s", port,
+	      reason == REJECT_NOT_LOOPBACK ? "source" :
+	      reason == REJECT_MALFORMED ? "malformed" : "short");
+	return XDP_DROP;
+}
+
+/* A service datagram: rewrite its destination to the next gateway in the schedule. */
+static __always_inline int balance(struct udp_view *v)
+{
+	struct cpu_data *cpu = this_cpu_data();
+	struct lb_state *st = shared_state();
+	struct gateway_counters *gc;
+	__u16 port;
+	int slot;
+
+	if (!cpu || !st)
+		return XDP_PASS;
+	if (v->ipv6 && !v->udp->check) {
+		/* an IPv6 datagram without checksum is dropped by the stack anyway */
+		cpu->global.unbalanced++;
+		return XDP_PASS;
+	}
+	if (bpf_ktime_get_coarse_ns() >= st->next_expiry_ns)
+		expire_gateways(bpf_ktime_get_coarse_ns());
+	if (st->built_version != st->version)
+		rebuild_schedule();
+
+	slot = schedule_next(st, cpu);
+	port = slot < 0 ? 0 : st->gw[slot & (MAX_GATEWAYS - 1)].port;
+	if (!port) {
+		/* an empty table, or a slot freed while its schedule was being replaced */
+		if (lb_config.drop_without_gateway) {
+			cpu->global.no_gateway_dropped++;
+			return XDP_DROP;
+		}
+		cpu->global.no_gateway_passed++;
+		return XDP_PASS;
+	}
+
+	udp_set_dest(v->udp, bpf_htons(port));
+	gc = &cpu->gw[slot & (MAX_GATEWAYS - 1)];
+	gc->packets++;
+	gc->bytes += bpf_ntohs(v->udp->len);
+	cpu->global.service++;
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int ebpflb_xdp(struct xdp_md *ctx)
+{
+	struct hdr_cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct udp_view v = {};
+	__u16 dport;
+
+	if (parse_udp(&c, &v) != PARSE_UDP)
+		return XDP_PASS;
+	dport = bpf_ntohs(v.udp->dest);
+	if (dport == lb_config.service_port)
+		return balance(&v);
+	if (dport == lb_config.reg_port)
+		return handle_registration(ctx, &v, &c);
+	return XDP_PASS;
+}
+
+/* Control operations from user space. Returns 0 or REJECTED(reason). */
+SEC("syscall")
+int ebpflb_control(struct ctl_args *args)
+{
+	struct lb_state *st = shared_state();
+	/* the coarse clock of the packet path is not offered here; both are CLOCK_MONOTONIC */
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!st)
+		return REJECTED(REJECT_BAD_REQUEST);
+	switch (args->op) {
+	case CTL_REGISTER: {
+		struct udp_view v = { .ipv6 = args->family == 6 };
+
+		__builtin_memcpy(v.saddr, args->addr, sizeof(v.saddr));
+		if (args->ifindex != 1 || !is_loopback_source(&v)) {
+			count_reject(this_cpu_data(), REJECT_NOT_LOOPBACK);
+			return REJECTED(REJECT_NOT_LOOPBACK);
+		}
+		if (args->payload_len < REG_PAYLOAD_MIN) {
+			count_reject(this_cpu_data(), REJECT_SHORT_PAYLOAD);
+			return REJECTED(REJECT_SHORT_PAYLOAD);
+		}
+		return registry_update(args->port, args->weight, 0, now);
+	}
+	case CTL_SET_WEIGHT:
+		return registry_update(args->port, args->weight, REG_MUST_EXIST, now);
+	case CTL_ADD_STATIC:
+		return registry_update(args->port, args->weight, REG_MAKE_STATIC, now);
+	case CTL_SWEEP:
+		publish_config(st);
+		expire_gateways(now);
+		rebuild_schedule();
+		return 0;
+	}
+	count_reject(this_cpu_data(), REJECT_BAD_REQUEST);
+	return REJECTED(REJECT_BAD_REQUEST);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

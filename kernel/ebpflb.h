@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Types shared by the XDP object and user space (mirrored in ebpflb/layout.py).
+ * Plain fixed-width fields with explicit padding: the byte layout is the contract. */
+#ifndef EBPFLB_H
+#define EBPFLB_H
+
+#ifndef MAX_GATEWAYS
+#define MAX_GATEWAYS 256	/* power of two: slot indexes are masked with it */
+#endif
+#ifndef SCHED_SIZE
+#define SCHED_SIZE 4096		/* power of two: longest exact cycle of the schedule */
+#endif
+#define MAX_WEIGHT 65535
+#define REG_PAYLOAD_MIN 4	/* bytes 0-3: weight, u32 big-endian; later bytes reserved */
+
+/* Why a registration was refused; each reason has its own counter. */
+enum reject_reason {
+	REJECT_NOT_LOOPBACK = 0,	/* not from a loopback source on the loopback device */
+	REJECT_SHORT_PAYLOAD = 1,	/* fewer than 4 payload bytes */
+	REJECT_WEIGHT_RANGE = 2,	/* weight above MAX_WEIGHT */
+	REJECT_TABLE_FULL = 3,		/* MAX_GATEWAYS gateways already registered */
+	REJECT_MALFORMED = 4,		/* fragmented, bad UDP length, IPv6 without checksum */
+	REJECT_UNKNOWN_GATEWAY = 5,	/* control: weight change for a port with no gateway */
+	REJECT_BAD_REQUEST = 6,		/* control: unknown operation or port 0 */
+	NR_REJECT_REASONS = 7,
+};
+
+/* Operations of the control program (run by user space with BPF_PROG_TEST_RUN). */
+enum ctl_op {
+	CTL_REGISTER = 1,	/* a registration datagram received by user space (-u) */
+	CTL_SET_WEIGHT = 2,	/* change an existing gateway's weight; 0 removes it */
+	CTL_ADD_STATIC = 3,	/* add or update a gateway that never expires */
+	CTL_SWEEP = 4,		/* expire stale gateways now and publish the configuration */
+};
+
+struct ctl_args {
+	__u32 op;		/* enum ctl_op */
+	__u32 weight;
+	__u16 port;		/* gateway port, host byte order */
+	__u16 family;		/* CTL_REGISTER: 4 or 6 */
+	__u32 ifindex;		/* CTL_REGISTER: device the datagram arrived on */
+	__u32 addr[4];		/* CTL_REGISTER: source address, network byte order */
+	__u32 payload_len;	/* CTL_REGISTER: UDP payload bytes received */
+	__u32 pad;
+};
+
+struct gateway {
+	__u16 port;		/* host byte order; 0 marks a free slot */
+	__u8 is_static;		/* added by hand: never expires */
+	__u8 pad;
+	__u32 weight;
+	__u64 last_seen_ns;	/* CLOCK_MONOTONIC_COARSE of the last registration */
+};
+
+/* Configuration the program was loaded with, published for user space. */
+struct lb_config {
+	__u16 service_port;
+	__u16 reg_port;
+	__u8 trace;
+	__u8 userspace_reg;
+	__u8 drop_without_gateway;
+	__u8 pad;
+	__u64 expiry_ns;
+};
+
+/* The gateway table and the scheduler's shared state: one element, pinned.
+ * Writers hold the lock only for O(1) work; scans run lock-free and re-check under it. */
+struct lb_state {
+	struct bpf_spin_lock lock;	/* guards the gateway table and its indexes */
+	__u32 version;			/* bumped after every change of membership or weight */
+	__u32 count;			/* live gateways */
+	__u32 built_version;		/* version the active schedule was built from */
+	__u32 active;			/* index of the published schedule (0 or 1) */
+	__u32 building;			/* 1 while one CPU rebuilds the schedule */
+	__u32 schedule_gen;		/* bumped on every publish; resets the per-CPU cursors */
+	__u32 slots_used;		/* slots below this have been handed out at least once */
+	__u32 free_top;			/* entries in free_slots */
+	__u32 pad;
+	__u64 next_expiry_ns;		/* no dynamic gateway expires before this */
+	struct lb_config config;
+	struct gateway gw[MAX_GATEWAYS];
+	__u16 free_slots[MAX_GATEWAYS];	/* released slots, reused first */
+	__u16 slot_of_port[65536];	/* slot + 1 of the gateway on each port, 0 if none */
+};
+
+/* One full cycle of the smooth weighted round-robin order, as gateway slots. */
+struct schedule {
+	__u32 len;
+	__u32 gen;
+	__u16 slot[SCHED_SIZE];
+};
+
+struct global_counters {
+	__u64 service;			/* service datagrams sent to a gateway */
+	__u64 no_gateway_passed;	/* service datagrams passed unchanged: no live gateway */
+	__u64 no_gateway_dropped;	/* same, dropped because drop_without_gateway is set */
+	__u64 unbalanced;		/* service datagrams passed unchanged: later fragment, AH/ESP, bad header */
+	__u64 reg_accepted;
+	__u64 reg_rejected[NR_REJECT_REASONS];
+	__u64 expired;
+	__u64 rebuilds;
+};
+
+struct gateway_counters {
+	__u64 packets;
+	__u64 bytes;			/* UDP length (header and payload) of each datagram */
+};
+
+/* Per-CPU element: the scheduler cursor and every counter this CPU updates. */
+struct cpu_data {
+	__u32 cursor;			/* next position in the active schedule */
+	__u32 gen;			/* schedule generation the cursor belongs to */
+	struct global_counters global;
+	struct gateway_counters gw[MAX_GATEWAYS];
+};
+
+#endif /* EBPFLB_H */

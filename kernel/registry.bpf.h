@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* The gateway table: registrations, heartbeats, weight changes, removals and expiry.
+ * Both entry points (registration datagrams in XDP, the control program) call these,
+ * so in-kernel and user-space registrations share one definition. */
+#ifndef REGISTRY_BPF_H
+#define REGISTRY_BPF_H
+
+#define NO_DEADLINE (~0ULL)
+
+enum reg_event {
+	REG_HEARTBEAT,	/* known gateway, same weight */
+	REG_NEW,
+	REG_WEIGHT,	/* known gateway, new weight */
+	REG_REMOVED,	/* weight 0 */
+	REG_NOOP,	/* weight 0 for a port with no gateway */
+};
+
+#define REG_MAKE_STATIC	1	/* CTL_ADD_STATIC: the gateway never expires */
+#define REG_MUST_EXIST	2	/* CTL_SET_WEIGHT: only change a known gateway */
+
+struct reg_request {
+	__u16 port;
+	__u8 make_static;
+	__u8 must_exist;
+	__u32 weight;
+	__u64 now;
+};
+
+#define REJECTED(reason) (-(int)(reason) - 1)
+
+/* Takes a free slot (caller holds the lock); -1 when the table is full. */
+static __always_inline int slot_alloc(struct lb_state *st)
+{
+	if (st->free_top) {
+		st->free_top--;
+		return st->free_slots[st->free_top & (MAX_GATEWAYS - 1)];
+	}
+	if (st->slots_used < MAX_GATEWAYS)
+		return st->slots_used++;
+	return -1;
+}
+
+/* Empties a slot (caller holds the lock). */
+static __always_inline void slot_release(struct lb_state *st, __u32 slot)
+{
+	struct gateway *g = &st->gw[slot & (MAX_GATEWAYS - 1)];
+
+	st->slot_of_port[g->port] = 0;
+	g->port = 0;
+	g->weight = 0;
+	g->is_static = 0;
+	st->free_slots[st->free_top & (MAX_GATEWAYS - 1)] = slot;
+	st->free_top++;
+	st->count--;
+}
+
+/* Applies one registration; O(1) under the table lock. Returns an enum reg_event or
+ * REJECTED(reason), and the gateway's slot in *slot. */
+static __always_inline int table_apply(struct lb_state *st, const struct reg_request *r, __u32 *slot)
+{
+	struct gateway *g;
+	__u32 found;
+	int ret, free;
+
+	bpf_spin_lock(&st->lock);
+	found = st->slot_of_port[r->port];
+	if (!found) {
+		if (r->must_exist) {
+			ret = REJECTED(REJECT_UNKNOWN_GATEWAY);
+			goto out;
+		}
+		if (!r->weight) {
+			ret = REG_NOOP;
+			goto out;
+		}
+		free = slot_alloc(st);
+		if (free < 0) {
+			ret = REJECTED(REJECT_TABLE_FULL);
+			goto out;
+		}
+		g = &st->gw[free & (MAX_GATEWAYS - 1)];
+		g->port = r->port;
+		g->weight = r->weight;
+		g->is_static = r->make_static;
+		g->last_seen_ns = r->now;
+		st->slot_of_port[r->port] = free + 1;
+		st->count++;
+		if (!g->is_static && r->now + lb_config.expiry_ns < st->next_expiry_ns)
+			st->next_expiry_ns = r->now + lb_config.expiry_ns;
+		*slot = free;
+		ret = REG_NEW;
+		goto changed;
+	}
+
+	*slot = found - 1;
+	g = &st->gw[(found - 1) & (MAX_GATEWAYS - 1)];
+	if (!r->weight) {
+		slot_release(st, found - 1);
+		ret = REG_REMOVED;
+		goto changed;
+	}
+	g->last_seen_ns = r->now;
+	g->is_static |= r->make_static;
+	if (g->weight == r->weight) {
+		ret = REG_HEARTBEAT;
+		goto out;
+	}
+	g->weight = r->weight;
+	ret = REG_WEIGHT;
+changed:
+	st->version++;
+out:
+	bpf_spin_unlock(&st->lock);
+	return ret;
+}
+
+struct zero_ctx {
+	__u32 slot;
+};
+
+static long zero_gateway_counters_on_cpu(__u64 cpu, struct zero_ctx *z)
+{
+	__u32 key = 0;
+	struct cpu_data *d = bpf_map_lookup_percpu_elem(&lb_percpu, &key, cpu);
+
+	if (!d)
+		return 1;	/* past the last possible CPU */
+	d->gw[z->slot & (MAX_GATEWAYS - 1)].packets = 0;
+	d->gw[z->slot & (MAX_GATEWAYS - 1)].bytes = 0;
+	return 0;
+}
+
+/* A reused slot must not inherit the previous gateway's counters. */
+static __always_inline void zero_gateway_counters(__u32 slot)
+{
+	struct zero_ctx z = { .slot = slot };
+
+	bpf_loop(8192, zero_gateway_counters_on_cpu, &z, 0);
+}
+
+static __always_inline void count_reject(struct cpu_data *cpu, __u32 reason)
+{
+	if (cpu && reason < NR_REJECT_REASONS)
+		cpu->global.reg_rejected[reason]++;
+}
+
+/* Lets user space read the configuration the running program was loaded with. */
+static __always_inline void publish_config(struct lb_state *st)
+{
+	st->config = lb_config;
+}
+
+/* Validates and applies a registration (REG_* flags); returns 0 or REJECTED(reason).
+ * Global, so the verifier checks it once rather than at every call site. */
+__noinline int registry_update(__u32 port, __u32 weight, __u32 flags, __u64 now)
+{
+	struct reg_request req = {
+		.port = port,
+		.weight = weight,
+		.make_static = !!(flags & REG_MAKE_STATIC),
+		.must_exist = !!(flags & REG_MUST_EXIST),
+		.now = now,
+	};
+	struct reg_request *r = &req;
+	struct lb_state *st = shared_state();
+	struct cpu_data *cpu = this_cpu_data();
+	__u32 slot = 0;
+	int ret;
+
+	if (!st)
+		return REJECTED(REJECT_BAD_REQUEST);
+	if (port > 0xffff) {
+		count_reject(cpu, REJECT_BAD_REQUEST);
+		return REJECTED(REJECT_BAD_REQUEST);
+	}
+
+	if (!r->port) {
+		count_reject(cpu, REJECT_BAD_REQUEST);
+		return REJECTED(REJECT_BAD_REQUEST);
+	}
+	if (r->weight > MAX_WEIGHT) {
+		count_reject(cpu, REJECT_WEIGHT_RANGE);
+		trace("reject port=%u weight=%u reason=weight", r->port, r->weight);
+		return REJECTED(REJECT_WEIGHT_RANGE);
+	}
+	ret = table_apply(st, r, &slot);
+	if (ret < 0) {
+		count_reject(cpu, -ret - 1);
+		trace("reject port=%u weight=%u reason=%s", r->port, r->weight,
+		      ret == REJECTED(REJECT_TABLE_FULL) ? "full" : "unknown");
+		return ret;
+	}
+	if (cpu)
+		cpu->global.reg_accepted++;
+	publish_config(st);
+	switch (ret) {
+	case REG_NEW:
+		zero_gateway_counters(slot);
+		trace("add port=%u weight=%u slot=%u", r->port, r->weight, slot);
+		break;
+	case REG_WEIGHT:
+		trace("weight port=%u weight=%u", r->port, r->weight);
+		break;
+	case REG_REMOVED:
+		trace("remove port=%u", r->port);
+		break;
+	}
+	rebuild_schedule();
+	return 0;
+}
+
+struct expire_ctx {
+	struct lb_state *st;
+	struct cpu_data *cpu;
+	__u64 now;
+	__u64 next;		/* earliest deadline among the gateways that stay */
+};
+
+/* Checks one slot lock-free, and removes it under the lock if it is still stale. */
+static long expire_step(__u64 slot, struct expire_ctx *c)
+{
+	struct lb_state *st = c->st;
+	struct gateway *g = &st->gw[slot & (MAX_GATEWAYS - 1)];
+	__u64 deadline = g->last_seen_ns + lb_config.expiry_ns;
+	__u16 port = g->port;
+	int removed = 0;
+
+	if (!port || g->is_static)
+		return 0;
+	if (deadline > c->now) {
+		if (deadline < c->next)
+			c->next = deadline;
+		return 0;
+	}
+	bpf_spin_lock(&st->lock);
+	if (g->port == port && !g->is_static && g->last_seen_ns + lb_config.expiry_ns <= c->now) {
+		slot_release(st, slot);
+		st->version++;
+		removed = 1;
+	}
+	bpf_spin_unlock(&st->lock);
+	if (removed) {
+		if (c->cpu)
+			c->cpu->global.expired++;
+		trace("expire port=%u", port);
+	}
+	return 0;
+}
+
+/* Removes dynamic gateways whose last registration is older than the expiry time.
+ * Global, so the verifier checks it once rather than at every call site. */
+__noinline int expire_gateways(__u64 now)
+{
+	struct expire_ctx c = { .now = now, .next = NO_DEADLINE };
+	__u32 version;
+
+	c.st = shared_state();
+	c.cpu = this_cpu_data();
+	if (!c.st)
+		return 0;
+	version = c.st->version;
+	bpf_loop(MAX_GATEWAYS, expire_step, &c, 0);
+	/* a gateway added during the scan may be missing from c.next, but its deadline is
+	 * at least now + lb_config.expiry_ns: sweeping by then never misses it */
+	if (c.next > now + lb_config.expiry_ns)
+		c.next = now + lb_config.expiry_ns;
+	c.st->next_expiry_ns = c.next;
+	if (c.st->version != version)
+		rebuild_schedule();
+	return 0;
+}
+
+#endif /* REGISTRY_BPF_H */
