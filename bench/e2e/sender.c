@@ -74,10 +74,8 @@ int main(int argc, char **argv)
 	if (inet_pton(AF_INET, dst_ip, &dst.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
 	if (connect(fd, (struct sockaddr *)&dst, sizeof(dst)) != 0) { perror("connect"); return 1; }
 
-	/* Paced mode: small batches keep bursts short at low rates. */
-	if (rate > 0 && rate / 20000.0 < batch)
-		batch = rate / 20000.0 < 1 ? 1 : (int)(rate / 20000.0);
-
+	/* Paced mode keeps the full batch (timed per batch): smaller batches would make the
+	 * sender itself slower when paced than unpaced. */
 	static char buf[MAX_BATCH][1500];
 	struct iovec iov[MAX_BATCH];
 	struct mmsghdr msgs[MAX_BATCH];
