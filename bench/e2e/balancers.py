@@ -176,22 +176,32 @@ class Nginx(Balancer):
         self.proc = None
 
 
+_EBPFLB_PYTHON = [sys.executable]
+
+
 def ebpflb_cli() -> list[str]:
-    return [sys.executable, "-m", "ebpflb"]
+    return [_EBPFLB_PYTHON[0], "-m", "ebpflb"]
 
 
 def ebpflb_env() -> dict[str, str]:
-    # Works whether or not the package is pip-installed into this interpreter.
+    # Works whether or not the package is pip-installed into the interpreter.
     path = os.environ.get("PYTHONPATH", "")
     return dict(os.environ, PYTHONPATH=REPO_ROOT + (os.pathsep + path if path else ""))
 
 
 def ebpflb_available() -> tuple[bool, str]:
-    result = subprocess.run([*ebpflb_cli(), "--help"], capture_output=True, text=True,
-                            env=ebpflb_env(), cwd=REPO_ROOT, check=False)
-    if result.returncode != 0:
-        return False, (result.stderr.strip().splitlines() or ["no output"])[-1]
-    return True, ""
+    """Use this interpreter if it can run the CLI, else the repository's .venv."""
+    reason = "no output"
+    for python in (sys.executable, os.path.join(REPO_ROOT, ".venv", "bin", "python")):
+        if not os.path.exists(python):
+            continue
+        result = subprocess.run([python, "-m", "ebpflb", "--help"], capture_output=True, text=True,
+                                env=ebpflb_env(), cwd=REPO_ROOT, check=False)
+        if result.returncode == 0:
+            _EBPFLB_PYTHON[0] = python
+            return True, ""
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return False, reason
 
 
 class Ebpflb(Balancer):
