@@ -92,11 +92,18 @@ class LbState(ctypes.Structure):
     ]
 
 
+class SchedEntry(ctypes.Structure):
+    _fields_ = [
+        ("slot", u16),
+        ("port", u16),
+    ]
+
+
 class Schedule(ctypes.Structure):
     _fields_ = [
         ("len", u32),
         ("gen", u32),
-        ("slot", u16 * SCHED_SIZE),
+        ("entry", SchedEntry * SCHED_SIZE),
     ]
 
 
@@ -124,6 +131,7 @@ class CpuData(ctypes.Structure):
     _fields_ = [
         ("cursor", u32),
         ("gen", u32),
+        ("jiffies", u64),
         ("global_", GlobalCounters),
         ("gw", GatewayCounters * MAX_GATEWAYS),
     ]
@@ -135,6 +143,7 @@ BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "gateway": Gateway,
     "lb_config": LbConfig,
     "lb_state": LbState,
+    "sched_entry": SchedEntry,
     "schedule": Schedule,
     "global_counters": GlobalCounters,
     "gateway_counters": GatewayCounters,

@@ -44,14 +44,27 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	return XDP_DROP;
 }
 
+/* Expiry is checked at most once per jiffy and CPU: the coarse clock ticks no faster. */
+static __always_inline void expire_if_due(struct lb_state *st, struct cpu_data *cpu)
+{
+	__u64 now, jiffies = bpf_jiffies64();	/* inlined: a plain load */
+
+	if (jiffies == cpu->jiffies)
+		return;
+	cpu->jiffies = jiffies;
+	now = bpf_ktime_get_coarse_ns();
+	if (now >= st->next_expiry_ns)
+		expire_gateways(now);
+}
+
 /* A service datagram: rewrite its destination to the next gateway in the schedule. */
 static __always_inline int balance(struct udp_view *v)
 {
 	struct cpu_data *cpu = this_cpu_data();
 	struct lb_state *st = shared_state();
 	struct gateway_counters *gc;
-	__u16 port;
-	int slot;
+	struct sched_entry *pick;
+	__u16 port = 0, slot = 0;
 
 	if (!cpu || !st)
 		return XDP_PASS;
@@ -60,15 +73,20 @@ static __always_inline int balance(struct udp_view *v)
 		cpu->global.unbalanced++;
 		return XDP_PASS;
 	}
-	if (bpf_ktime_get_coarse_ns() >= st->next_expiry_ns)
-		expire_gateways(bpf_ktime_get_coarse_ns());
-	if (st->built_version != st->version)
-		rebuild_schedule();
+	expire_if_due(st, cpu);
 
-	slot = schedule_next(st, cpu);
-	port = slot < 0 ? 0 : st->gw[slot & (MAX_GATEWAYS - 1)].port;
+	pick = schedule_next(st, cpu);
+	if (pick) {
+		port = pick->port;
+		slot = pick->slot & (MAX_GATEWAYS - 1);
+	}
+	if (st->built_version != st->version) {
+		/* the table changed: rebuild, and until then trust only gateways still in it */
+		rebuild_schedule();
+		if (st->gw[slot].port != port)
+			port = 0;
+	}
 	if (!port) {
-		/* an empty table, or a slot freed while its schedule was being replaced */
 		if (lb_config.drop_without_gateway) {
 			cpu->global.no_gateway_dropped++;
 			return XDP_DROP;
@@ -78,7 +96,7 @@ static __always_inline int balance(struct udp_view *v)
 	}
 
 	udp_set_dest(v->udp, bpf_htons(port));
-	gc = &cpu->gw[slot & (MAX_GATEWAYS - 1)];
+	gc = &cpu->gw[slot];
 	gc->packets++;
 	gc->bytes += bpf_ntohs(v->udp->len);
 	cpu->global.service++;

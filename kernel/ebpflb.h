@@ -83,11 +83,17 @@ struct lb_state {
 	__u16 slot_of_port[65536];	/* slot + 1 of the gateway on each port, 0 if none */
 };
 
-/* One full cycle of the smooth weighted round-robin order, as gateway slots. */
+/* One pick of the schedule: the port saves the packet path a table lookup. */
+struct sched_entry {
+	__u16 slot;
+	__u16 port;		/* host byte order */
+};
+
+/* One full cycle of the smooth weighted round-robin order. */
 struct schedule {
 	__u32 len;
 	__u32 gen;
-	__u16 slot[SCHED_SIZE];
+	struct sched_entry entry[SCHED_SIZE];
 };
 
 struct global_counters {
@@ -110,6 +116,7 @@ struct gateway_counters {
 struct cpu_data {
 	__u32 cursor;			/* next position in the active schedule */
 	__u32 gen;			/* schedule generation the cursor belongs to */
+	__u64 jiffies;			/* when this CPU last compared the clock with the expiry deadline */
 	struct global_counters global;
 	struct gateway_counters gw[MAX_GATEWAYS];
 };

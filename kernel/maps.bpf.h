@@ -39,6 +39,7 @@ struct build_scratch {
 	__u64 total;			/* sum of their weights */
 	__u64 gcd;
 	__u16 slot[MAX_GATEWAYS];
+	__u16 port[MAX_GATEWAYS];
 	__u32 weight[MAX_GATEWAYS];
 	__s64 current[MAX_GATEWAYS];	/* smooth WRR "current weight" of each gateway */
 };

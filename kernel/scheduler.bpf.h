@@ -36,10 +36,12 @@ static long snapshot_step(__u64 slot, struct build_ctx *c)
 	struct gateway *g = &c->st->gw[slot & (MAX_GATEWAYS - 1)];
 	struct build_scratch *s = c->s;
 	__u32 weight = g->weight, n = s->n;
+	__u16 port = g->port;
 
-	if (!g->port || !weight)
+	if (!port || !weight)
 		return 0;
 	s->slot[n & (MAX_GATEWAYS - 1)] = slot;
+	s->port[n & (MAX_GATEWAYS - 1)] = port;
 	s->weight[n & (MAX_GATEWAYS - 1)] = weight;
 	s->current[n & (MAX_GATEWAYS - 1)] = 0;
 	s->total += weight;
@@ -67,7 +69,8 @@ static long swrr_step(__u64 k, struct build_ctx *c)
 	}
 	best = s->best & (MAX_GATEWAYS - 1);
 	s->current[best] -= s->total;
-	c->out->slot[s->t & (SCHED_SIZE - 1)] = s->slot[best];
+	c->out->entry[s->t & (SCHED_SIZE - 1)].slot = s->slot[best];
+	c->out->entry[s->t & (SCHED_SIZE - 1)].port = s->port[best];
 	s->t++;
 	s->i = 0;
 	return 0;
@@ -155,15 +158,15 @@ __noinline int rebuild_schedule(void)
 	return 0;
 }
 
-/* Picks the next gateway slot for this CPU, or -1 when the schedule is empty. */
-static __always_inline int schedule_next(struct lb_state *st, struct cpu_data *cpu)
+/* Picks the next schedule entry for this CPU; NULL when the schedule is empty. */
+static __always_inline struct sched_entry *schedule_next(struct lb_state *st, struct cpu_data *cpu)
 {
 	__u32 key = st->active & 1;
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
 	__u32 pos, next;
 
 	if (!sched || !sched->len)
-		return -1;
+		return NULL;
 	if (cpu->gen != sched->gen) {
 		/* a new schedule starts its cycle from the beginning on every CPU */
 		cpu->gen = sched->gen;
@@ -172,7 +175,7 @@ static __always_inline int schedule_next(struct lb_state *st, struct cpu_data *c
 	pos = cpu->cursor;
 	next = pos + 1;
 	cpu->cursor = next < sched->len ? next : 0;
-	return sched->slot[pos & (SCHED_SIZE - 1)];
+	return &sched->entry[pos & (SCHED_SIZE - 1)];
 }
 
 #endif /* SCHEDULER_BPF_H */
