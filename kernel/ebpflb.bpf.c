@@ -110,7 +110,7 @@ int ebpflb_xdp(struct xdp_md *ctx)
 		.pos = (void *)(long)ctx->data,
 		.end = (void *)(long)ctx->data_end,
 	};
-	struct udp_view v = {};
+	struct udp_view v;
 	__u16 dport;
 
 	if (parse_udp(&c, &v) != PARSE_UDP)
@@ -135,10 +135,7 @@ int ebpflb_control(struct ctl_args *args)
 		return REJECTED(REJECT_BAD_REQUEST);
 	switch (args->op) {
 	case CTL_REGISTER: {
-		struct udp_view v = { .ipv6 = args->family == 6 };
-
-		__builtin_memcpy(v.saddr, args->addr, sizeof(v.saddr));
-		if (args->ifindex != 1 || !is_loopback_source(&v)) {
+		if (args->ifindex != 1 || !is_loopback_addr(args->family == 6, args->addr)) {
 			count_reject(this_cpu_data(), REJECT_NOT_LOOPBACK);
 			return REJECTED(REJECT_NOT_LOOPBACK);
 		}

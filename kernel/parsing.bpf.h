@@ -26,9 +26,9 @@ struct hdr_cursor {
 /* Where the UDP header of a datagram is, once found. */
 struct udp_view {
 	struct udphdr *udp;
+	void *l3;		/* the IPv4 or IPv6 header */
 	__u32 ipv6;		/* 0: IPv4, 1: IPv6 */
 	__u32 fragmented;	/* first fragment of a larger datagram */
-	__u32 saddr[4];		/* source address, network byte order */
 };
 
 enum parse_result {
@@ -82,7 +82,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *c, struct udp_view *v)
 	if (ip->frag_off & bpf_htons(IP_OFFSET))
 		return PARSE_OTHER;
 	v->fragmented = !!(ip->frag_off & bpf_htons(IP_MF));
-	v->saddr[0] = ip->saddr;
+	v->l3 = ip;
 	v->ipv6 = 0;
 	c->pos = (void *)ip + hdr_len;
 	return PARSE_UDP;
@@ -103,7 +103,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *c, struct udp_view *v)
 	if (ip6->version != 6)
 		return PARSE_MALFORMED;
 	next = ip6->nexthdr;
-	__builtin_memcpy(v->saddr, &ip6->saddr, sizeof(v->saddr));
+	v->l3 = ip6;
 	v->ipv6 = 1;
 	v->fragmented = 0;
 	c->pos = ip6 + 1;
@@ -164,11 +164,22 @@ static __always_inline int parse_udp(struct hdr_cursor *c, struct udp_view *v)
 	return PARSE_UDP;
 }
 
+/* 127.0.0.0/8 or ::1; addr in network byte order (IPv4 in addr[0]). */
+static __always_inline int is_loopback_addr(int ipv6, const __u32 *addr)
+{
+	if (!ipv6)
+		return (bpf_ntohl(addr[0]) >> 24) == 127;
+	return !addr[0] && !addr[1] && !addr[2] && addr[3] == bpf_htonl(1);
+}
+
 static __always_inline int is_loopback_source(const struct udp_view *v)
 {
-	if (!v->ipv6)
-		return (bpf_ntohl(v->saddr[0]) >> 24) == 127;
-	return !v->saddr[0] && !v->saddr[1] && !v->saddr[2] && v->saddr[3] == bpf_htonl(1);
+	if (v->ipv6) {
+		struct ipv6hdr *ip6 = v->l3;
+
+		return is_loopback_addr(1, (const __u32 *)&ip6->saddr);
+	}
+	return is_loopback_addr(0, &((struct iphdr *)v->l3)->saddr);
 }
 
 #endif /* PARSING_BPF_H */
