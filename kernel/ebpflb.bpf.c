@@ -74,17 +74,13 @@ static __always_inline int balance(struct udp_view *v)
 		return XDP_PASS;
 	}
 	expire_if_due(st, cpu);
+	if (st->built_version != st->version)
+		rebuild_schedule();
 
 	pick = schedule_next(st, cpu);
 	if (pick) {
 		port = pick->port;
 		slot = pick->slot & (MAX_GATEWAYS - 1);
-	}
-	if (st->built_version != st->version) {
-		/* the table changed: rebuild, and until then trust only gateways still in it */
-		rebuild_schedule();
-		if (st->gw[slot].port != port)
-			port = 0;
 	}
 	if (!port) {
 		if (lb_config.drop_without_gateway) {

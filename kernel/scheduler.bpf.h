@@ -158,11 +158,14 @@ __noinline int rebuild_schedule(void)
 	return 0;
 }
 
+#define LIVE_PROBES 8	/* entries tried when the picked gateway was just removed */
+
 /* Picks the next schedule entry for this CPU; NULL when the schedule is empty. */
 static __always_inline struct sched_entry *schedule_next(struct lb_state *st, struct cpu_data *cpu)
 {
 	__u32 key = st->active & 1;
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
+	struct sched_entry *pick;
 	__u32 pos, next;
 
 	if (!sched || !sched->len)
@@ -175,7 +178,18 @@ static __always_inline struct sched_entry *schedule_next(struct lb_state *st, st
 	pos = cpu->cursor;
 	next = pos + 1;
 	cpu->cursor = next < sched->len ? next : 0;
-	return &sched->entry[pos & (SCHED_SIZE - 1)];
+	pick = &sched->entry[pos & (SCHED_SIZE - 1)];
+	if (st->built_version == st->version)
+		return pick;
+
+	/* the table changed and this schedule is not rebuilt yet (another CPU is on it):
+	 * trust only entries whose gateway is still in the table */
+	for (__u32 i = 0; i < LIVE_PROBES; i++) {
+		pick = &sched->entry[(pos + i) & (SCHED_SIZE - 1)];
+		if (pick->port && st->gw[pick->slot & (MAX_GATEWAYS - 1)].port == pick->port)
+			return pick;
+	}
+	return NULL;
 }
 
 #endif /* SCHEDULER_BPF_H */
