@@ -14,6 +14,7 @@ from typing import Optional
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
+XDP_FLAGS_REPLACE = 16  # swap the attached program only if it is still old_prog_fd's
 
 
 class BpfObjectOpenOpts(ctypes.Structure):
@@ -52,6 +53,15 @@ class BpfTestRunOpts(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class BpfXdpAttachOpts(ctypes.Structure):
+    """struct bpf_xdp_attach_opts (libbpf.h): 16 bytes, old_prog_fd only."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("old_prog_fd", ctypes.c_int),
     ]
 
 
@@ -207,8 +217,13 @@ def prog_id(fd: int) -> int:
     return int(info[1])
 
 
-def xdp_attach(ifindex: int, prog_fd: int, flags: int) -> None:
-    check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), "attach XDP")
+def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: Optional[int] = None) -> None:
+    """Attaches prog_fd; with old_prog_fd, atomically replaces that program (EEXIST if another is attached)."""
+    if old_prog_fd is None:
+        check(lib().bpf_xdp_attach(ifindex, prog_fd, flags, None), "attach XDP")
+        return
+    opts = BpfXdpAttachOpts(sz=ctypes.sizeof(BpfXdpAttachOpts), old_prog_fd=old_prog_fd)
+    check(lib().bpf_xdp_attach(ifindex, prog_fd, flags | XDP_FLAGS_REPLACE, ctypes.byref(opts)), "replace XDP program")
 
 
 def xdp_detach(ifindex: int, flags: int) -> None:
