@@ -14,6 +14,7 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ REG_PORT = 3000
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 SO_RCVBUFFORCE = 33  # root may exceed rmem_max: a burst must never overflow a gateway's queue
 SO_NO_CHECK = 11  # IPv4 only: send UDP with checksum 0 ("none")
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
 RCVBUF_BYTES = 8 << 20
 SEQ = struct.Struct("!Q")
 T = TypeVar("T")
@@ -219,12 +222,27 @@ def pseudo_header(version: int, src: str, dst: str, udp_length: int) -> bytes:
     return addresses + struct.pack("!IxxxB", udp_length, socket.IPPROTO_UDP)
 
 
+def udp_sum(version: int, src: str, dst: str, udp_segment: bytes) -> int:
+    """One's complement sum of pseudo header and segment, its checksum field taken as 0."""
+    zeroed = udp_segment[:6] + b"\0\0" + udp_segment[8:]
+    return ones_complement_sum(pseudo_header(version, src, dst, len(udp_segment)) + zeroed)
+
+
 def udp_checksum(version: int, src: str, dst: str, udp_segment: bytes) -> int:
     """The checksum field a sender computes for udp_segment (whose own checksum field is
     ignored): a computed 0 is sent as 0xffff."""
-    zeroed = udp_segment[:6] + b"\0\0" + udp_segment[8:]
-    value = ~ones_complement_sum(pseudo_header(version, src, dst, len(udp_segment)) + zeroed) & 0xFFFF
-    return value or 0xFFFF
+    return (~udp_sum(version, src, dst, udp_segment) & 0xFFFF) or 0xFFFF
+
+
+def payload_with_zero_checksum(version: int, src: str, dst: str, sport: int, dport: int, seq: int, size: int) -> bytes:
+    """A payload whose datagram from sport to dport has a computed checksum of 0 (sent as
+    0xffff, the value an incremental update most easily gets wrong): two bytes after the
+    sequence number are chosen to make the one's complement sum 0xffff."""
+    body = bytearray(payload(seq, size))
+    body[8:10] = b"\0\0"
+    partial = udp_sum(version, src, dst, udp_segment(sport, dport, bytes(body)))
+    body[8:10] = struct.pack("!H", 0xFFFF - partial)
+    return bytes(body)
 
 
 def udp_segment(sport: int, dport: int, data: bytes, checksum: int = 0) -> bytes:
@@ -235,6 +253,78 @@ def raw_udp_socket(version: int) -> socket.socket:
     """A raw socket that sends a UDP header and payload as given: the kernel adds the IP
     header and computes no UDP checksum, so the test chooses it (right, zero or wrong)."""
     return socket.socket(family(version), socket.SOCK_RAW, socket.IPPROTO_UDP)
+
+
+@dataclass
+class CapturedUdp:
+    version: int
+    src: str
+    dst: str
+    segment: bytes  # UDP header and payload, as the stack received them
+
+    @property
+    def sport(self) -> int:
+        return struct.unpack_from("!H", self.segment, 0)[0]
+
+    @property
+    def dport(self) -> int:
+        return struct.unpack_from("!H", self.segment, 2)[0]
+
+    @property
+    def checksum(self) -> int:
+        return struct.unpack_from("!H", self.segment, 6)[0]
+
+    @property
+    def data(self) -> bytes:
+        return self.segment[8:]
+
+
+class Capture:
+    """Every UDP datagram arriving on one interface, as the stack sees it: an AF_PACKET tap
+    runs after XDP, so it shows the rewritten headers (open it inside the namespace)."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+        self.sock.bind((ifname, ETH_P_ALL))
+        self.sock.setblocking(False)
+        self.udp: list[CapturedUdp] = []
+
+    def drain(self) -> None:
+        while True:
+            try:
+                frame, address = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return
+            if address[2] != PACKET_OUTGOING:
+                parsed = parse_udp_frame(frame)
+                if parsed:
+                    self.udp.append(parsed)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_udp_frame(frame: bytes) -> Optional[CapturedUdp]:
+    """The UDP datagram in an Ethernet frame (IPv4 or IPv6 without extension headers)."""
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    ip = frame[14:]
+    if ethertype == 0x0800 and ip[9] == socket.IPPROTO_UDP:
+        header = (ip[0] & 0x0F) * 4
+        udp_length = struct.unpack_from("!H", ip, header + 4)[0]
+        src, dst = (socket.inet_ntop(socket.AF_INET, ip[o : o + 4]) for o in (12, 16))
+        return CapturedUdp(4, src, dst, ip[header : header + udp_length])
+    if ethertype == 0x86DD and ip[6] == socket.IPPROTO_UDP:
+        udp_length = struct.unpack_from("!H", ip, 40 + 4)[0]
+        src, dst = (socket.inet_ntop(socket.AF_INET6, ip[o : o + 16]) for o in (8, 24))
+        return CapturedUdp(6, src, dst, ip[40 : 40 + udp_length])
+    return None
 
 
 # ---------------------------------------------------------------- streaming sender process
