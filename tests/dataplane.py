@@ -1,0 +1,115 @@
+"""The shipped XDP object loaded into a test's own pin directory, driven by BPF_PROG_TEST_RUN.
+
+No interface is attached: packets go straight to the program through test_run, which makes
+them arrive on lo of the calling thread's network namespace unless an `XdpMd` names a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from ebpflb import libbpf
+from ebpflb.instance import Instance
+from ebpflb.layout import GlobalCounters, LbConfig, LbState, RejectReason
+from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+
+XDP_DROP = 1
+XDP_PASS = 2
+
+
+class XdpMd(ctypes.Structure):
+    """struct xdp_md, the context of an XDP program (uapi linux/bpf.h)."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+def default_config(**overrides: int) -> LbConfig:
+    """The object's compiled-in defaults (service 2152, registration 3000, expiry 30 s)."""
+    config = LbConfig(service_port=2152, reg_port=3000, expiry_ns=30 * 10**9)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def counter_values(counters: GlobalCounters) -> dict[str, int]:
+    """Flat view of the global counters; each rejection reason is `rejected_<REASON>`."""
+    values: dict[str, int] = {}
+    for name, _ in GlobalCounters._fields_:
+        if name == "reg_rejected":
+            for reason in RejectReason:
+                values[f"rejected_{reason.name}"] = int(counters.reg_rejected[reason])
+        else:
+            values[name] = int(getattr(counters, name))
+    return values
+
+
+@dataclass
+class Dataplane:
+    """A loaded object: its XDP program fd and the `Instance` over its pins."""
+
+    obj: libbpf.BpfObject
+    prog_fd: int
+    instance: Instance
+    config: LbConfig
+
+    def run(self, packet: bytes, ingress_ifindex: int = 0) -> tuple[int, bytes]:
+        """One packet through the XDP program; returns (verdict, packet out)."""
+        ctx: Optional[XdpMd] = None
+        if ingress_ifindex:
+            # the kernel resolves ingress_ifindex in the caller's network namespace
+            ctx = XdpMd(data=0, data_end=len(packet), ingress_ifindex=ingress_ifindex)
+        verdict, out, _ = libbpf.test_run(self.prog_fd, packet, ctx=ctx)
+        return verdict, out
+
+    def counters(self) -> dict[str, int]:
+        return counter_values(self.instance.snapshot().counters)
+
+    def state(self) -> LbState:
+        return self.instance.snapshot().state
+
+    def gateways(self) -> dict[int, tuple[int, int]]:
+        """port -> (slot, weight) of every live gateway."""
+        return {g.port: (g.slot, g.weight) for g in self.instance.snapshot().gateways}
+
+
+@contextlib.contextmanager
+def loaded(pin_path: str, config: Optional[LbConfig] = None) -> Iterator[Dataplane]:
+    """Loads the shipped object with its maps pinned under pin_path; closes it after.
+
+    The control program is pinned too, so `Instance.control` runs the loaded one (with this
+    configuration) instead of loading the object again. The pins themselves are removed by
+    the `pin_path` fixture."""
+    config = config or default_config()
+    os.makedirs(pin_path, exist_ok=True)
+    obj = libbpf.BpfObject(str(object_path()), pin_root=pin_path)
+    try:
+        ctypes.memmove(obj.section(CONFIG_SECTION), ctypes.addressof(config), ctypes.sizeof(config))
+        obj.load()
+        instance = Instance(pin_path)
+        obj.pin_program(CONTROL_PROGRAM, instance.pin(CONTROL_PROGRAM))
+        yield Dataplane(obj, obj.program_fd(XDP_PROGRAM), instance, config)
+    finally:
+        obj.close()
+
+
+@contextlib.contextmanager
+def on_one_cpu(cpu: Optional[int] = None) -> Iterator[int]:
+    """Pins this thread to one CPU, so every datagram steps the same per-CPU cursor."""
+    before = os.sched_getaffinity(0)
+    chosen = min(before) if cpu is None else cpu
+    os.sched_setaffinity(0, {chosen})
+    try:
+        yield chosen
+    finally:
+        os.sched_setaffinity(0, before)
