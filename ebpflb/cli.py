@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from typing import Annotated, Callable, List, Optional, TypeVar
 
 import typer
@@ -14,6 +16,8 @@ from .errors import EbpflbError
 from .instance import DEFAULT_PIN_PATH, Instance, Snapshot, config_for
 from .layout import MAX_WEIGHT, CtlOp, RejectReason
 from .object_file import object_path
+from .run import refuse_if_owned, run_foreground
+from .trace import TraceEvent, follow, trace_pipe, tracing_is_on
 
 app = typer.Typer(
     help="Kernel-fast UDP load balancer for local listeners (XDP, smooth weighted round-robin).",
@@ -32,6 +36,17 @@ err = Console(stderr=True)
 PinPath = Annotated[str, typer.Option("--pin-path", help="bpffs directory of the instance.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 T = TypeVar("T")
+
+# Options `load` and `run` share.
+Interfaces = Annotated[List[str], typer.Argument(help="Interfaces to balance on; lo is always added.")]
+TraceOpt = Annotated[bool, typer.Option("-t", "--trace", help="Log registrations and removals to the trace pipe.")]
+Expiry = Annotated[float, typer.Option("-e", "--expiry", help="Seconds without a heartbeat before a gateway expires.")]
+ServicePort = Annotated[int, typer.Option("--port", help="Service port to balance.")]
+RegPort = Annotated[int, typer.Option("--reg-port", help="Port gateways register on.")]
+Mode = Annotated[str, typer.Option("--mode", help="XDP mode: auto (native, else generic), native or skb.")]
+DropWithoutGateway = Annotated[
+    bool, typer.Option("--drop-without-gateway", help="Drop service datagrams while no gateway is live.")
+]
 
 
 def run(action: Callable[[], T]) -> T:
@@ -57,29 +72,66 @@ def weight_arg(value: int) -> int:
     return value
 
 
-@app.command()
-def load(
-    interfaces: Annotated[List[str], typer.Argument(help="Interfaces to balance on; lo is always added.")],
-    trace: Annotated[bool, typer.Option("-t", "--trace", help="Log registrations and removals to the trace pipe.")] = False,
-    expiry: Annotated[float, typer.Option("-e", "--expiry", help="Seconds without a heartbeat before a gateway expires.")] = 30.0,
-    port: Annotated[int, typer.Option("--port", help="Service port to balance.")] = 2152,
-    reg_port: Annotated[int, typer.Option("--reg-port", help="Port gateways register on.")] = 3000,
-    mode: Annotated[str, typer.Option("--mode", help="XDP mode: auto (native, else generic), native or skb.")] = "auto",
-    drop_without_gateway: Annotated[
-        bool, typer.Option("--drop-without-gateway", help="Drop service datagrams while no gateway is live.")
-    ] = False,
-    pin_path: PinPath = DEFAULT_PIN_PATH,
-) -> None:
-    """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
+def check_mode(mode: str) -> None:
     if mode not in ("auto", "native", "skb"):
         err.print(f"[red]error:[/red] --mode must be auto, native or skb, not {mode!r}", highlight=False)
         raise typer.Exit(code=1)
 
+
+@app.command()
+def load(
+    interfaces: Interfaces,
+    trace: TraceOpt = False,
+    expiry: Expiry = 30.0,
+    port: ServicePort = 2152,
+    reg_port: RegPort = 3000,
+    mode: Mode = "auto",
+    drop_without_gateway: DropWithoutGateway = False,
+    userspace: Annotated[
+        bool, typer.Option("-u", "--userspace-registrations", help="Not for load: use `ebpflb run -u`.")
+    ] = False,
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
+    if userspace:  # user-space registrations need a process to receive them
+        err.print(
+            "[red]error:[/red] -u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead",
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
+    check_mode(mode)
+
     def act() -> None:
         config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway)
+        refuse_if_owned(pin_path, interfaces)
         attached = Instance(pin_path).load(interfaces, config, mode)
         where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
         out.print(f"ebpflb loaded on {where}; service port {port}, registrations on {reg_port}, pins in {pin_path}")
+
+    run(act)
+
+
+@app.command("run")
+def run_cmd(
+    interfaces: Interfaces,
+    trace: TraceOpt = False,
+    expiry: Expiry = 30.0,
+    userspace: Annotated[
+        bool, typer.Option("-u", "--userspace-registrations", help="Receive registrations in this process.")
+    ] = False,
+    port: ServicePort = 2152,
+    reg_port: RegPort = 3000,
+    mode: Mode = "auto",
+    drop_without_gateway: DropWithoutGateway = False,
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
+    check_mode(mode)
+
+    def act() -> None:
+        config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway)
+        refuse_if_owned(pin_path, interfaces)
+        run_foreground(pin_path, interfaces, config, mode, out)
 
     run(act)
 
@@ -89,6 +141,7 @@ def unload(pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
     """Detach everything the instance attached and remove its pins."""
 
     def act() -> None:
+        refuse_if_owned(pin_path)
         detached = Instance(pin_path).unload()
         where = ", ".join(a.ifname for a in detached) or "no interface"
         out.print(f"ebpflb unloaded from {where}; removed {pin_path}")
@@ -234,5 +287,70 @@ def object_path_cmd() -> None:
     print(object_path())
 
 
+@app.command("trace")
+def trace_cmd(
+    count: Annotated[Optional[int], typer.Option("--count", "-n", help="Stop after N events.")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop after S seconds.")] = None,
+    ports: Annotated[Optional[List[int]], typer.Option("--port", "-p", help="Only this gateway port (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+    pin_path: PinPath = DEFAULT_PIN_PATH,
+) -> None:
+    """Follow the kernel trace pipe and show ebpflb's events (load or run with -t).
+
+    Reading the trace pipe consumes it: run one reader at a time."""
+
+    def hint() -> None:
+        instance = Instance(pin_path)
+        try:
+            traced = bool(instance.snapshot().state.config.trace)
+        except EbpflbError:
+            err.print(f"[yellow]no events yet, and nothing is loaded at {pin_path}[/yellow]", highlight=False)
+            return
+        if not traced:
+            err.print(
+                f"[yellow]no events yet: the instance at {pin_path} was loaded without -t; "
+                "load it again with `ebpflb load -t ...` (or `ebpflb run -t ...`) to trace[/yellow]",
+                highlight=False,
+            )
+
+    def show(event: TraceEvent) -> None:
+        if as_json:
+            print(json.dumps(event.as_dict()), flush=True)
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.wall)) + f".{int(event.wall * 1000) % 1000:03d}"
+        detail = f"slot {event.slot}" if event.slot is not None else event.reason_text
+        style = TRACE_STYLES.get(event.event, "")
+        out.print(
+            f"{stamp}  [{style}]{event.event:<7}[/]  {event.port if event.port is not None else '-':<6} "
+            f"{event.weight if event.weight is not None else '-':<6} {detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def act() -> None:
+        pipe = trace_pipe(lambda text: err.print(text, highlight=False))
+        if not tracing_is_on(pipe):
+            err.print(f"[yellow]tracing is off: `echo 1 > {os.path.dirname(pipe)}/tracing_on`[/yellow]", highlight=False)
+        err.print(f"following {pipe} (ebpflb events only; Ctrl-C stops)", highlight=False)
+        if not as_json:
+            out.print(f"[bold]{'time':<12}  {'event':<7}  {'port':<6} {'weight':<6} detail[/bold]")
+        try:
+            follow(pipe, show, hint, count=count, timeout=timeout, ports=set(ports or ()))
+        except KeyboardInterrupt:
+            pass
+
+    run(act)
+
+
+TRACE_STYLES = {"add": "green", "weight": "cyan", "remove": "yellow", "expire": "magenta", "reject": "red"}
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="ebpflb")
+
+
+def udp_wrr_main() -> None:
+    """`ebpflb_udp_wrr [-t] [-e SECONDS] [-u] IFACE...`: the original tool's command line, which is `ebpflb run`."""
+    alias = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    alias.command(help=run_cmd.__doc__)(run_cmd)  # its only command: the options go straight to `run`
+    alias(args=sys.argv[1:], prog_name="ebpflb_udp_wrr")

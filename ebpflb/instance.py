@@ -120,10 +120,7 @@ class Instance:
         try:
             attached = self._attach_all(obj, targets, mode)
             try:
-                for prog in (XDP_PROGRAM, CONTROL_PROGRAM):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.pin(prog))  # left by an instance whose interfaces are gone
-                    obj.pin_program(prog, self.pin(prog))
+                self._pin_programs(obj)
             except OSError as e:
                 self._detach(attached, obj.program_fd(XDP_PROGRAM))
                 raise EbpflbError(f"could not pin the programs in {self.pin_path}: {e.strerror}") from None
@@ -131,6 +128,80 @@ class Instance:
             obj.close()
         self.control(CtlOp.SWEEP)  # publishes the configuration for status
         return attached
+
+    def _pin_programs(self, obj: libbpf.BpfObject) -> None:
+        for prog in (XDP_PROGRAM, CONTROL_PROGRAM):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pin(prog))  # left by an instance whose interfaces are gone, or replaced
+            obj.pin_program(prog, self.pin(prog))
+
+    def take_over(self, ifnames: list[str], config: LbConfig, mode: str = "auto") -> tuple[list[Attachment], bool]:
+        """Adopts a live instance whose owner is gone: gateways, weights and counters stay in the
+        pinned maps. The running program is kept when configuration and interfaces are the same;
+        otherwise a program loaded over the same maps atomically replaces it on every interface
+        it runs on. Returns the attachments and whether the program was replaced."""
+        require_root()
+        require_bpffs(self.pin_path)
+        targets = self._targets(ifnames)
+        with self._locked(create=False):
+            live = {a.ifindex: a for a in self.attachments()}
+            if not live:
+                raise EbpflbError(f"nothing is attached at {self.pin_path}: load it instead")
+            published = self.snapshot().state.config
+            same_modes = all(mode in ("auto", a.mode) or a.ifindex == LOOPBACK_IFINDEX for a in live.values())
+            if bytes(published) == bytes(config) and set(live) == {i for i, _ in targets} and same_modes:
+                return sorted(live.values(), key=lambda a: a.ifindex), False
+            for index, name in targets:
+                other = self._attached_id(index)
+                if other and index not in live:
+                    raise EbpflbError(
+                        f"{name} already has another XDP program (id {other}): detach it first "
+                        f"(`ip link set dev {name} xdp off`)"
+                    )
+            obj = self._open_object(config)
+            try:
+                old_fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
+                try:
+                    attached = self._replace_all(obj, old_fd, live, targets, mode)
+                finally:
+                    os.close(old_fd)
+                try:
+                    self._pin_programs(obj)
+                except OSError as e:
+                    raise EbpflbError(f"could not pin the programs in {self.pin_path}: {e.strerror}") from None
+            finally:
+                obj.close()
+        self.control(CtlOp.SWEEP)  # publishes the new configuration
+        return attached, True
+
+    def _replace_all(
+        self, obj: libbpf.BpfObject, old_fd: int, live: dict[int, Attachment], targets: list[tuple[int, str]], mode: str
+    ) -> list[Attachment]:
+        """Swaps old_fd's program for obj's where it runs (atomic per interface), attaches where it
+        did not run, detaches from interfaces no longer named; on failure puts the old one back."""
+        new_fd = obj.program_fd(XDP_PROGRAM)
+        swapped: list[Attachment] = []
+        added: list[Attachment] = []
+        try:
+            for index, name in targets:
+                wanted = "skb" if index == LOOPBACK_IFINDEX else mode
+                old = live.get(index)
+                if old and wanted in ("auto", old.mode):
+                    libbpf.xdp_attach(index, new_fd, MODES[old.mode], old_prog_fd=old_fd)
+                    swapped.append(old)
+                else:
+                    if old:  # another mode was asked for: no atomic swap across modes
+                        self._detach([old], old_fd)
+                    added.append(self._attach(new_fd, index, name, wanted))
+        except BaseException:
+            self._detach(added, new_fd)
+            for a in swapped:
+                with contextlib.suppress(OSError):
+                    libbpf.xdp_attach(a.ifindex, old_fd, MODES[a.mode], old_prog_fd=new_fd)
+            raise
+        wanted_indexes = {i for i, _ in targets}
+        self._detach([a for i, a in live.items() if i not in wanted_indexes], old_fd)
+        return sorted(swapped + added, key=lambda a: a.ifindex)
 
     def _remove_pins(self) -> None:
         for name in (XDP_PROGRAM, CONTROL_PROGRAM, *PINNED_MAPS):
