@@ -97,6 +97,7 @@ def load(
         err.print(
             "[red]error:[/red] -u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead",
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(code=1)
     check_mode(mode)

@@ -20,6 +20,8 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 MAX_DATAGRAM = 65536
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+RCVBUF_BYTES = 4 << 20  # a burst of registrations (256 gateways starting at once) must not overflow
 ANCILLARY_BYTES = socket.CMSG_SPACE(32)
 WEIGHT = struct.Struct("!I")
 
@@ -81,6 +83,10 @@ class RegistrationServer:
     def _open(family: socket.AddressFamily, port: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)  # capped by rmem_max
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 has its own socket
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
