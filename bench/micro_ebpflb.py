@@ -1,0 +1,94 @@
+"""ebpflb under test: the shipped object loaded with ebpflb's own loader over a pin directory
+of this run only. Nothing is attached to any interface: BPF_PROG_TEST_RUN needs no attachment.
+Leaving the context removes every pin it made, also on Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from ebpflb import libbpf
+from ebpflb.instance import Instance, config_for
+from ebpflb.layout import MAX_GATEWAYS, CtlOp, GlobalCounters, LbState, Schedule
+from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+from ebpflb.system import require_bpffs
+
+BPFFS = "/sys/fs/bpf"
+# gateways registered here are static, and the clock check finds nothing to expire for a year
+EXPIRY_S = 365 * 86400
+
+
+@dataclass
+class Counters:
+    """Everything a check compares before and after a run, summed over CPUs."""
+
+    global_: GlobalCounters
+    packets: dict[int, int]  # per slot of a live gateway
+    state: LbState
+
+
+class EbpflbUnderTest:
+    def __init__(self, service_port: int, reg_port: int) -> None:
+        self.service_port = service_port
+        self.reg_port = reg_port
+        self.pin_path = f"{BPFFS}/ebpflb-microbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.instance = Instance(self.pin_path)
+        self.obj: libbpf.BpfObject | None = None
+        self.xdp_fd = -1
+
+    def open(self) -> None:
+        require_bpffs(self.pin_path)
+        os.mkdir(self.pin_path)
+        config = config_for(self.service_port, self.reg_port, EXPIRY_S, False, False, False)
+        self.obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
+        ctypes.memmove(self.obj.section(CONFIG_SECTION), ctypes.addressof(config), ctypes.sizeof(config))
+        self.obj.load()
+        self.obj.pin_program(CONTROL_PROGRAM, self.instance.pin(CONTROL_PROGRAM))
+        self.xdp_fd = self.obj.program_fd(XDP_PROGRAM)
+        self.instance.control(CtlOp.SWEEP)
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        if os.path.isdir(self.pin_path):
+            self.instance.unload()  # detaches nothing (nothing is attached), removes the pins
+
+    def add_static(self, ports: Sequence[int], weights: Sequence[int]) -> None:
+        for port, weight in zip(ports, weights):
+            self.instance.control(CtlOp.ADD_STATIC, port, weight)
+
+    def counters(self) -> Counters:
+        snap = self.instance.snapshot()
+        return Counters(snap.counters, {g.slot: g.packets for g in snap.gateways}, snap.state)
+
+    def slot_weights(self, state: LbState) -> dict[int, tuple[int, int]]:
+        """{slot: (port, weight)} of the live gateways."""
+        return {slot: (g.port, g.weight) for slot, g in enumerate(state.gw) if g.port}
+
+    def active_schedule_length(self) -> int:
+        state = self.counters().state
+        sched = Schedule()
+        fd = libbpf.obj_get(self.instance.pin("lb_schedules"))
+        try:
+            libbpf.map_lookup(fd, state.active & 1, sched)
+        finally:
+            os.close(fd)
+        return sched.len
+
+
+@contextlib.contextmanager
+def ebpflb_under_test(service_port: int, reg_port: int) -> Iterator[EbpflbUnderTest]:
+    lb = EbpflbUnderTest(service_port, reg_port)
+    try:
+        lb.open()
+        yield lb
+    finally:
+        lb.close()
+
+
+assert MAX_GATEWAYS >= 256, "the benchmark registers up to 256 gateways"

@@ -1,0 +1,89 @@
+"""A description of the machine and software a run measured, for the report."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+
+from ebpflb.object_file import object_path
+
+from .micro_build import REPO, makefile_compiler
+
+
+def _read(path: str, default: str = "?") -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def _run(*args: str) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, cwd=REPO).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _cpu_model() -> str:
+    for line in _read("/proc/cpuinfo", "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def _distribution() -> str:
+    for line in _read("/etc/os-release", "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip('"')
+    return "?"
+
+
+def load_average() -> str:
+    return " ".join(_read("/proc/loadavg").split()[:3])
+
+
+@dataclass
+class Machine:
+    cpu: str
+    cpus: int
+    pinned_cpu: int
+    kernel: str
+    distribution: str
+    clang: str
+    libbpf: str
+    jit: str
+    bpf_stats: str
+    obj: str  # the shipped object measured: sha256 and whether git has it committed as is
+    commit: str
+
+    @classmethod
+    def describe(cls, pinned_cpu: int) -> "Machine":
+        data = object_path().read_bytes()
+        relative = str(object_path().relative_to(REPO))
+        dirty = _run("git", "status", "--porcelain", "--", relative)
+        return cls(
+            cpu=_cpu_model(),
+            cpus=os.cpu_count() or 0,
+            pinned_cpu=pinned_cpu,
+            kernel=platform.release(),
+            distribution=_distribution(),
+            clang=_run(makefile_compiler()[0], "--version").splitlines()[0] if makefile_compiler() else "?",
+            libbpf=_run("dpkg-query", "-W", "-f=${Version}", "libbpf1") or "?",
+            jit={"1": "on", "2": "on (debug)"}.get(_read("/proc/sys/net/core/bpf_jit_enable"), "off"),
+            bpf_stats={"0": "off", "1": "on"}.get(_read("/proc/sys/kernel/bpf_stats_enabled"), "?"),
+            obj=f"{relative} sha256 {hashlib.sha256(data).hexdigest()[:16]}"
+            + (" (differs from the commit)" if dirty else ""),
+            commit=_run("git", "rev-parse", "--short", "HEAD") or "?",
+        )
+
+    def lines(self) -> list[tuple[str, str]]:
+        return [
+            ("CPU", f"{self.cpu}, {self.cpus} vCPUs; the benchmark runs pinned to CPU {self.pinned_cpu}"),
+            ("Kernel", f"{self.kernel} ({self.distribution}); BPF JIT {self.jit}, bpf_stats {self.bpf_stats}"),
+            ("Tools", f"{self.clang}; libbpf {self.libbpf}"),
+            ("Measured", f"{self.obj}, repository at {self.commit}"),
+        ]
