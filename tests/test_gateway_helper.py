@@ -3,6 +3,7 @@ namespace; gateways made with the helper register, heartbeat, re-weight, leave a
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from ebpflb.gateway import Gateway, registration_payload
 from ebpflb.instance import Instance
 
-from .netns import NetNS
+from .netns import REPO, NetNS
 from .traffic import LOOPBACK, Sender, cli_ok, gateways_json, status_json, wait_until
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -209,3 +210,67 @@ def test_exit_without_close_deregisters(netns: NetNS, pin_path: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- the examples in examples/
+
+EXAMPLES = REPO / "examples"
+
+
+def start_example(ns: NetNS, *args: str) -> subprocess.Popen:
+    return ns.popen(sys.executable, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C, then everything the example printed after its first line."""
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    return out
+
+
+@pytest.mark.kernel
+def test_minimal_example_registers_receives_and_deregisters(netns: NetNS, pin_path: str) -> None:
+    load(netns, pin_path)
+    proc = start_example(netns, str(EXAMPLES / "minimal_gateway.py"), "7001", "3")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "gateway on port 7001 registered with weight 3; Ctrl-C stops it"
+        assert weights(netns, pin_path) == {7001: 3}
+        with netns.entered(), Sender(4, LOOPBACK[4]) as sender:
+            sender.send(2, size=24)
+        assert proc.stdout.readline().startswith("24 bytes from 127.0.0.1:")
+        assert proc.stdout.readline().startswith("24 bytes from 127.0.0.1:")
+        assert interrupt(proc).strip().endswith("deregistered")
+        assert proc.returncode == 0
+        assert weights(netns, pin_path) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.kernel
+def test_adaptive_example_weights_follow_capacity(netns: NetNS, pin_path: str) -> None:
+    load(netns, pin_path)
+    fast = start_example(netns, str(EXAMPLES / "adaptive_gateway.py"), "7001", "--work-ms", "1", "--period", "0.5")
+    slow = start_example(netns, str(EXAMPLES / "adaptive_gateway.py"), "7002", "--work-ms", "4", "--period", "0.5")
+    try:
+        for proc, port in ((fast, 7001), (slow, 7002)):
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == f"gateway on port {port} registered with weight 100"
+        assert weights(netns, pin_path) == {7001: 100, 7002: 100}
+        with netns.entered(), Sender(4, LOOPBACK[4]) as sender:
+            for _ in range(30):  # 3 s at 200 datagrams/s: within what both together can handle
+                sender.send(20, cpu=None)
+                time.sleep(0.1)
+        settled = weights(netns, pin_path)
+        assert settled[7001] < 100 or settled[7002] < 100, f"no weight moved: {settled}"
+        assert settled[7001] > 2 * settled[7002], f"the 4x slower gateway is not weighted well below: {settled}"
+        for proc in (fast, slow):
+            assert interrupt(proc).strip().endswith("deregistered")
+        assert weights(netns, pin_path) == {}
+    finally:
+        for proc in (fast, slow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
