@@ -15,6 +15,8 @@ from netns import BPFFS, RECEIVER_ADDR, RECEIVER_VETH, in_ns, sh
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVICE_PORT = 2152
 REGISTRATION_PORT = 3000
+# Idle rigs' gateways are paused (no heartbeats) while other systems are measured.
+GATEWAY_EXPIRY_S = 1800
 NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
@@ -132,7 +134,8 @@ class Nginx(Balancer):
             f"{servers}\n"
             "  }\n"
             "  server {\n"
-            f"    listen {RECEIVER_ADDR}:{SERVICE_PORT} udp;\n"
+            # Same receive buffer as the gateways' sockets (the kernel caps it at rmem_max).
+            f"    listen {RECEIVER_ADDR}:{SERVICE_PORT} udp rcvbuf=16m;\n"
             "    proxy_pass gateways;\n"
             "    proxy_responses 0;\n"
             "    proxy_timeout 1s;\n"
@@ -230,7 +233,7 @@ class Ebpflb(Balancer):
     def setup(self, ctx: Context) -> None:
         iface = RECEIVER_VETH if self.topology == "veth" else "lo"
         self.cli(ctx, "load", iface, "--mode", self.mode, "--port", str(SERVICE_PORT),
-                 "--reg-port", str(REGISTRATION_PORT))
+                 "--reg-port", str(REGISTRATION_PORT), "--expiry", str(GATEWAY_EXPIRY_S))
 
     def gateways(self, ctx: Context) -> list[dict]:
         return json.loads(self.cli(ctx, "gateways", "--json"))

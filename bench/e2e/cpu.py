@@ -38,7 +38,7 @@ def _total_and_busy() -> tuple[int, int]:
     return sum(values), sum(values) - idle
 
 
-def wait_for_quiet(threshold: float = 0.08, window_s: float = 0.25, max_wait_s: float = 15) -> float:
+def wait_for_quiet(threshold: float = 0.08, window_s: float = 0.2, max_wait_s: float = 5) -> float:
     """The machine may be shared: wait until others' CPU use is low, return the last busy share."""
     import time
     deadline = time.time() + max_wait_s

@@ -57,7 +57,7 @@ static void drain(int fd, struct mmsghdr *msgs, uint64_t *pkts, uint64_t *bytes,
 int main(int argc, char **argv)
 {
 	long ports[MAX_GW], weights[MAX_GW];
-	int nports = 0, nweights = 0, cpu = -1, reg_port = 0, rcvbuf = 4 << 20, poll_us = 0, opt;
+	int nports = 0, nweights = 0, cpu = -1, reg_port = 0, rcvbuf = 16 << 20, poll_us = 0, opt;
 	const char *bind_ip = "0.0.0.0";
 
 	while ((opt = getopt(argc, argv, "p:w:r:b:c:R:i:")) != -1) {

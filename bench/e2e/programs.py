@@ -75,8 +75,16 @@ class Gateways:
             result[int(port)] = int(packets)
         return result
 
+    def pause(self) -> None:
+        # Idle rigs' gateways must not wake up (and cost CPU) while another rig is measured.
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)

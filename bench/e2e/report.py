@@ -12,20 +12,31 @@ def build_table(results: list[ConfigResult]) -> list[dict]:
         n = len(r.ports)
         ceiling = next((c for c in results if not c.balances and c.topology == r.topology
                         and len(c.ports) == n and not c.error), None)
-        reference = next((c for c in results if c.key.startswith("ebpflb") and c.topology == r.topology
-                          and len(c.ports) == n and not c.error
-                          and (c.key.startswith("ebpflb-native") or r.topology == "lo")), None)
+        reference_key = "ebpflb-native-veth" if r.topology == "veth" else "ebpflb-skb-lo"
+        reference = next((c for c in results if c.key == reference_key and len(c.ports) == n
+                          and not c.error), None)
         rows.append({
             "system": r.label, "key": r.key, "n": n, "error": r.error,
             "zero_loss": zl(r), "saturation": sat(r, "delivered_pps"),
             "sat_loss": sat(r, "loss"), "cpu_sat": sat(r, "cpu_ns_per_datagram"),
-            "cpu_zero_loss": r.zero_loss.cpu_ns_per_datagram if r.zero_loss else math.nan,
             "weight_err": r.weight_error_pp(),
             "zl_vs_ceiling": ratio(zl(r), zl(ceiling)),
+            "sat_vs_ceiling": paired_ratio(r, ceiling),
             "zl_vs_ebpflb": ratio(zl(r), zl(reference)),
+            "sat_vs_ebpflb": paired_ratio(r, reference),
             "cpu_vs_ebpflb": ratio(sat(r, "cpu_ns_per_datagram"), sat(reference, "cpu_ns_per_datagram")),
         })
     return rows
+
+
+def paired_ratio(r: ConfigResult, other: ConfigResult | None) -> float:
+    """Median over rounds of the ratio of saturated delivered rates measured back to back."""
+    if other is None or r.error:
+        return math.nan
+    mine = [p.delivered_pps for p in r.points if p.target_pps == 0]
+    theirs = [p.delivered_pps for p in other.points if p.target_pps == 0]
+    ratios = sorted(a / b for a, b in zip(mine, theirs) if b)
+    return ratios[len(ratios) // 2] if ratios else math.nan
 
 
 def zl(r: ConfigResult | None) -> float:
@@ -44,9 +55,9 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-HEADERS = ["system", "N", "zero-loss kpps", "sat. kpps", "sat. loss %", "CPU ns/dgram (sat)",
-           "CPU ns/dgram (zero-loss)", "weight err pp", "zero-loss / ceiling", "zero-loss / ebpflb",
-           "CPU / ebpflb"]
+HEADERS = ["system", "N", "zero-loss kpps", "sat. kpps", "sat. loss %", "CPU ns/dgram",
+           "weight err pp", "zero-loss/ceiling", "sat/ceiling", "zero-loss/ebpflb", "sat/ebpflb",
+           "CPU/ebpflb"]
 
 
 def cells(row: dict) -> list[str]:
@@ -58,8 +69,9 @@ def cells(row: dict) -> list[str]:
 
     return [row["system"], str(row["n"]), num(row["zero_loss"] / 1e3, ".0f"),
             num(row["saturation"] / 1e3, ".0f"), num(100 * row["sat_loss"], ".2f"),
-            num(row["cpu_sat"], ".0f"), num(row["cpu_zero_loss"], ".0f"), num(row["weight_err"], ".3f"),
-            num(row["zl_vs_ceiling"], ".3f"), num(row["zl_vs_ebpflb"], ".3f"),
+            num(row["cpu_sat"], ".0f"), num(row["weight_err"], ".3f"),
+            num(row["zl_vs_ceiling"], ".3f"), num(row["sat_vs_ceiling"], ".3f"),
+            num(row["zl_vs_ebpflb"], ".3f"), num(row["sat_vs_ebpflb"], ".3f"),
             num(row["cpu_vs_ebpflb"], ".2f")]
 
 
@@ -160,36 +172,46 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
         "",
         "- **Topology.** `veth`: a sender namespace and a receiver namespace joined by a veth pair "
         "(10.199.0.1/30 - 10.199.0.2/30, static neighbours, TX checksum offload off on the sender "
-        "so every datagram carries a full checksum that the receiver verifies). `lo`: sender and "
-        "gateways in one namespace, traffic to 127.0.0.1. Fresh namespaces for every configuration.",
-        f"- **Traffic.** A C sender (`sender.c`, `sendmmsg` on a connected socket, batches of up to "
-        f"{options.batch}) pinned to CPU {options.sender_cpu}, {options.payload}-byte payloads, "
+        "so every datagram carries a full checksum that the receiver verifies; `InCsumErrors` is "
+        "recorded). `lo`: sender and gateways in one namespace, traffic to 127.0.0.1. Every system "
+        "gets namespaces of its own; all systems of one N are set up side by side.",
+        f"- **Traffic.** A C sender (`sender.c`, `sendmmsg` batches of {options.batch} on a connected "
+        f"socket) pinned to CPU {options.sender_cpu}, {options.payload}-byte payloads, "
         f"{options.seconds:g} s per point. Paced points sleep until each batch is due "
-        "(`clock_nanosleep`, absolute deadlines), so an idle sender costs no CPU.",
-        f"- **Gateways.** One C process (`gateway.c`) pinned to CPU {options.gateway_cpu} holding the N "
-        "sockets (ports 4001..), 4 MiB receive buffers, `epoll` + `recvmmsg`, counting per port. "
-        "For ebpflb it also registers each socket (4-byte big-endian weight to 127.0.0.1:3000, "
-        "from that socket, every 2 s).",
+        "(`clock_nanosleep`, absolute deadlines), so pacing costs no CPU.",
+        f"- **Gateways.** One C process (`gateway.c`) pinned to CPU {options.gateway_cpu} holds the N "
+        "sockets (ports 4001..), each with a 16 MiB receive buffer, and drains them with `recvmmsg` "
+        + (f"every {options.gateway_poll_us} us (timer-driven, so no wake-ups cross CPUs and batch "
+           "sizes do not depend on wake-up timing)" if options.gateway_poll_us else "when `epoll` wakes it")
+        + ", counting per port. For ebpflb it registers each socket itself (4-byte big-endian weight "
+        "to 127.0.0.1:3000 from that socket, every 2 s). Gateways of the systems not being measured "
+        "are stopped (SIGSTOP), so ebpflb is loaded with a long expiry.",
         "- **Weights.** N=3: 1,2,3. N=16: 1..8,8..1.",
-        "- **Systems.** *no LB*: the sender addresses the first gateway port (the ceiling of its "
-        "topology). *ebpflb*: `ebpflb load` on the receiver veth (XDP native, and generic for "
-        "comparison) or on `lo` (generic). *nftables*: `udp dport 2152 notrack udp dport set numgen inc "
-        "mod TOTAL map { 0-0 : p1, 1-2 : p2, ... }` in a prerouting filter chain at raw priority "
-        "(stateless, no conntrack; its rule counter is checked against the datagrams sent). "
-        "*nginx*: stream module, one worker, `upstream` with the same weights, `listen ... udp`, "
-        "`proxy_responses 0`.",
-        "- **Sweep.** First unpaced (saturation), then paced at "
-        f"{', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} x the delivered rate at saturation. "
-        "Every configuration starts with a 0.5 s warm-up that must reach every gateway.",
+        "- **Systems.** *no LB*: the sender addresses the first gateway port directly (the ceiling "
+        "of its topology). *ebpflb*: `ebpflb load` on the receiver veth in XDP native mode (and in "
+        "generic mode, for comparison), or on `lo` in generic mode. *nftables*: `udp dport 2152 "
+        "notrack udp dport set numgen inc mod TOTAL map { 0-0 : p1, 1-2 : p2, ... }` in a prerouting "
+        "filter chain at raw priority (stateless, no conntrack; its rule counter is checked against "
+        "the datagrams sent). *nginx*: stream module, one worker, `upstream` with the same weights, "
+        "`listen ... udp rcvbuf=16m`, `proxy_responses 0`.",
+        "- **Order.** Each system is warmed up (0.5 s at 20 kpps, which must reach every gateway, "
+        "then 1.5 s unpaced, discarded). Then rounds: each round measures every system once, "
+        f"{SATURATION_REPEATS} unpaced rounds, then paced rounds at "
+        f"{', '.join(f'{f:g}' for f in SWEEP_FRACTIONS)} x each system's median saturated delivered rate. "
+        "Interleaving makes slow drifts of a shared VM hit all systems alike. Before each point "
+        "the run waits (within a budget) for the machine to be idle; busy shares before/after each "
+        "point are in the raw log.",
         "- **Metrics.** *delivered* = datagrams counted by the gateways (after a "
-        f"{DRAIN_S:g} s drain) / sending time. *loss* = 1 - delivered / sent. *zero-loss rate* = the "
-        f"highest delivered rate among the points with loss < {100 * LOSS_THRESHOLD:g} % (the "
-        "saturation point counts if it qualifies). *CPU ns/dgram* = non-idle CPU time of all CPUs "
-        "(user+nice+system+irq+softirq+steal from `/proc/stat`) over the point / datagrams "
-        "delivered; it includes the sender and gateways, which are the same for every system. "
-        "*weight err* = max over gateways of |share_i - w_i/sum(w)| in percentage points, at the "
-        "zero-loss point. Ratios compare zero-loss rates with the no-LB run of the same topology "
-        "and N, and with ebpflb (XDP native on veth for veth systems, generic on lo for lo).",
+        f"{DRAIN_S:g} s drain) / sending time. *loss* = 1 - delivered / sent. *sat.* = the median of "
+        f"the {SATURATION_REPEATS} unpaced runs. *zero-loss* = the highest delivered rate among the "
+        f"paced points and the median unpaced point with loss < {100 * LOSS_THRESHOLD:g} %. "
+        "*CPU ns/dgram* = non-idle CPU time of all CPUs (user+nice+system+irq+softirq+steal from "
+        "`/proc/stat`) over the median unpaced point / datagrams delivered; it includes sender and "
+        "gateways (the same for all systems). *weight err* = max over gateways of "
+        "|share_i - w_i/sum(w)| in percentage points, at the zero-loss point. *x/ceiling* and "
+        "*x/ebpflb*: zero-loss ratios, and *sat/...* = median over rounds of the ratio of saturated "
+        "rates measured back to back. The ceiling is *no LB* of the same topology and N; the ebpflb "
+        "reference is XDP native on veth for veth systems and generic on lo for lo.",
         "",
         "## Results",
         "",

@@ -17,18 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import deps  # noqa: E402
 import netns  # noqa: E402
-from balancers import (REPO_ROOT, Balancer, Context, Direct, Ebpflb, Nftables, Nginx,  # noqa: E402
-                       ebpflb_available)
+from balancers import REPO_ROOT, Balancer, Direct, Ebpflb, Nftables, Nginx, ebpflb_available  # noqa: E402
 from cleanup import Cleanup  # noqa: E402
-from measure import ConfigResult, Options, Point, measure_point, sweep  # noqa: E402
-from programs import Gateways, compile_programs  # noqa: E402
+from measure import SATURATION_REPEATS, SWEEP_FRACTIONS, ConfigResult, Options, Point  # noqa: E402
+from programs import compile_programs  # noqa: E402
+from rig import Rig  # noqa: E402
 
-FIRST_GATEWAY_PORT = 4001
 WEIGHTS = {3: [1, 2, 3], 16: [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]}
-WARMUP_RATE = 20000
-WARMUP_SECONDS = 0.5
-# An unpaced run first, discarded: the first saturated run of a fresh setup is reliably slower.
-SETTLE_SECONDS = 1.5
 
 
 def all_balancers() -> list[Balancer]:
@@ -43,75 +38,44 @@ def all_balancers() -> list[Balancer]:
     ]
 
 
-def log_point(point: Point) -> None:
+def log_point(rig: Rig, point: Point | None) -> None:
+    if point is None:
+        return
     target = "unpaced" if point.target_pps == 0 else f"{point.target_pps / 1e3:.0f}k"
-    print(f"    {target:>8}: offered {point.offered_pps / 1e3:7.1f} kpps  delivered "
-          f"{point.delivered_pps / 1e3:7.1f} kpps  loss {100 * point.loss:6.2f} %  "
-          f"cpu {point.cpu_ns_per_datagram:7.0f} ns/dgram  bg {100 * point.background:3.0f}/{100 * point.background_after:3.0f} %  "
-          f"rcvbuf err {point.udp_delta['RcvbufErrors']} csum err {point.udp_delta['InCsumErrors']}", flush=True)
+    print(f"  {rig.balancer.label:26} {target:>8}: offered {point.offered_pps / 1e3:6.1f} kpps  "
+          f"delivered {point.delivered_pps / 1e3:6.1f} kpps  loss {100 * point.loss:6.2f} %  "
+          f"cpu {point.cpu_ns_per_datagram:6.0f} ns/dgram  "
+          f"bg {100 * point.background:2.0f}/{100 * point.background_after:2.0f} %  "
+          f"rcvbuf err {point.udp_delta['RcvbufErrors']}  csum err {point.udp_delta['InCsumErrors']}",
+          flush=True)
 
 
-def check_warmup(result: ConfigResult, point: Point, balancer: Balancer, ctx: Context) -> None:
-    """The LB must reach every gateway (or, without LB, only the addressed one) before measuring."""
-    if balancer.balances:
-        silent = [p for p, c in point.per_port.items() if c == 0]
-        if silent:
-            raise RuntimeError(f"warm-up: gateways {silent} received nothing: {point.per_port}")
-    if point.loss > 0.01:
-        raise RuntimeError(f"warm-up lost {100 * point.loss:.1f} % of {point.sent} datagrams")
-    if isinstance(balancer, Nftables):
-        # The rule counter proves the rewrite ran once per datagram.
-        result.notes.append(f"nft rule counter after warm-up: {balancer.rule_packets(ctx)} "
-                            f"for {point.sent} datagrams sent")
-
-
-def run_config(balancer: Balancer, n: int, run_tag: str, binaries: dict[str, str],
-               options: Options, scratch_root: str) -> ConfigResult:
-    ports = [FIRST_GATEWAY_PORT + i for i in range(n)]
-    weights = WEIGHTS[n]
-    result = ConfigResult(balancer.key, balancer.label, balancer.topology, balancer.balances,
-                          ports, weights)
-    scratch = tempfile.mkdtemp(prefix=f"{balancer.key}-{n}-", dir=scratch_root)
-    if balancer.topology == "veth":
-        pair = netns.VethPair(f"{run_tag}-snd", f"{run_tag}-rcv")
-        ctx = Context(run_tag, pair.sender_ns, pair.receiver_ns, ports, weights, scratch)
-    else:
-        pair = None
-        ctx = Context(run_tag, f"{run_tag}-lo", f"{run_tag}-lo", ports, weights, scratch)
-    gateways = None
-    print(f"== {balancer.label}, N={n}, weights {weights}", flush=True)
+def run_gateway_count(balancers: list[Balancer], weights: list[int], run_tag: str,
+                      binaries: dict[str, str], options: Options, scratch: str) -> list[ConfigResult]:
+    """All systems set up side by side; each round measures every system once, so slow drifts
+    of a shared machine hit all systems alike."""
+    print(f"== N={len(weights)} gateways, weights {weights}", flush=True)
+    rigs = [Rig(b, weights, run_tag, binaries, options, scratch) for b in balancers]
     try:
-        if pair:
-            pair.create()
-        else:
-            netns.create_namespace(ctx.receiver_ns)
-        balancer.setup(ctx)
-        register = 3000 if balancer.registers else None
-        gateways = Gateways(binaries["gateway"], ctx.receiver_ns, ports, weights,
-                            options.gateway_cpu, register, options.gateway_poll_us)
-        balancer.ready(ctx)
-        warmup = measure_point(ctx, balancer, gateways, binaries["sender"], WARMUP_RATE,
-                               WARMUP_SECONDS, options)
-        check_warmup(result, warmup, balancer, ctx)
-        measure_point(ctx, balancer, gateways, binaries["sender"], 0, SETTLE_SECONDS, options)
-        sweep(ctx, balancer, gateways, binaries["sender"], options, result, log_point)
-    except Exception as error:  # one broken system must not lose the others' results
-        result.error = str(error)
-        print(f"   FAILED: {error}", flush=True)
+        for rig in rigs:
+            rig.start()
+        for _round in range(SATURATION_REPEATS):
+            for rig in rigs:
+                log_point(rig, rig.measure(0))
+        for fraction in SWEEP_FRACTIONS:
+            for rig in rigs:
+                saturation = rig.result.saturation
+                if rig.ok and saturation and fraction * saturation.delivered_pps >= 1000:
+                    log_point(rig, rig.measure(round(fraction * saturation.delivered_pps, -3)))
     finally:
-        if gateways:
-            gateways.stop()
-        balancer.teardown(ctx)
-        if pair:
-            pair.delete()
-        else:
-            netns.delete_namespace(ctx.receiver_ns)
-    return result
+        for rig in rigs:
+            rig.stop()
+    return [rig.result for rig in rigs]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each point")
+    parser.add_argument("--seconds", type=float, default=2.5, help="duration of each point")
     parser.add_argument("--payload", type=int, default=32, help="UDP payload bytes")
     parser.add_argument("--gateways", default="3,16", help="gateway counts to run (3 and/or 16)")
     parser.add_argument("--systems", default="", help="comma-separated keys to run (default: all)")
@@ -153,16 +117,13 @@ def main() -> int:
     usable, reason = ebpflb_available()
     skipped = {}
     if not usable:
-        for b in balancers:
-            if isinstance(b, Ebpflb):
-                skipped[b.key] = f"ebpflb CLI not usable: {reason}"
+        skipped = {b.key: f"ebpflb CLI not usable: {reason}" for b in balancers if isinstance(b, Ebpflb)}
         balancers = [b for b in balancers if not isinstance(b, Ebpflb)]
 
     started = time.time()
     results = []
     for n in (int(v) for v in args.gateways.split(",")):
-        for balancer in balancers:
-            results.append(run_config(balancer, n, run_tag, binaries, options, scratch))
+        results += run_gateway_count(balancers, WEIGHTS[n], run_tag, binaries, options, scratch)
     elapsed = time.time() - started
 
     if args.results:
@@ -171,15 +132,15 @@ def main() -> int:
     table = report.build_table(results)
     print()
     print(report.format_text(table))
-    for key, reason in skipped.items():
-        print(f"skipped {key}: {reason}")
+    for key, why in skipped.items():
+        print(f"skipped {key}: {why}")
     if not args.no_docs:
         docs = os.path.join(REPO_ROOT, "docs")
         report.write_plot(results, os.path.join(docs, "benchmarks.png"))
         report.write_markdown(results, table, options, skipped, elapsed,
                               os.path.join(docs, "benchmarks.md"))
-        print(f"wrote {docs}/benchmarks.md and benchmarks.png")
-    print(f"total {elapsed:.0f} s")
+        print(f"wrote {docs}/benchmarks.md and {docs}/benchmarks.png")
+    print(f"measured for {elapsed:.0f} s")
     return 0
 
 
