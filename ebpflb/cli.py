@@ -9,6 +9,11 @@ import time
 from typing import Annotated, Callable, List, Optional, TypeVar
 
 import typer
+
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError  # type: ignore[no-redef]
 from rich.console import Console
 from rich.table import Table
 
@@ -346,12 +351,27 @@ def trace_cmd(
 TRACE_STYLES = {"add": "green", "weight": "cyan", "remove": "yellow", "expire": "magenta", "reject": "red"}
 
 
+def invoke(application: typer.Typer, argv: list[str], prog_name: str) -> None:
+    """Runs the CLI; a usage error is one line naming the problem and --help, exit 2."""
+    try:
+        code = application(args=argv, prog_name=prog_name, standalone_mode=False)
+    except UsageError as e:
+        err.print(f"[red]error:[/red] {e.format_message()} (see `{prog_name} --help`)", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("[red]error:[/red] aborted", highlight=False)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="ebpflb")
+    invoke(app, argv if argv is not None else sys.argv[1:], "ebpflb")
 
 
 def udp_wrr_main() -> None:
     """`ebpflb_udp_wrr [-t] [-e SECONDS] [-u] IFACE...`: the original tool's command line, which is `ebpflb run`."""
     alias = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     alias.command(help=run_cmd.__doc__)(run_cmd)  # its only command: the options go straight to `run`
-    alias(args=sys.argv[1:], prog_name="ebpflb_udp_wrr")
+    invoke(alias, sys.argv[1:], "ebpflb_udp_wrr")

@@ -95,25 +95,28 @@ class Instance:
         require_root()
         require_bpffs(self.pin_path)
         targets = self._targets(ifnames)
-        with self._locked(create=True):
-            live = self.attachments()
-            if live:
-                where = ", ".join(a.ifname for a in live)
-                raise EbpflbError(f"ebpflb is already loaded at {self.pin_path} (on {where}): run `ebpflb unload` first")
-            for index, name in targets:
-                other = self._attached_id(index)
-                if other:
+        fresh = not os.path.exists(self.pin(PINNED_MAPS[0]))
+        try:
+            with self._locked(create=True):
+                live = self.attachments()
+                if live:
+                    where = ", ".join(a.ifname for a in live)
                     raise EbpflbError(
-                        f"{name} already has another XDP program (id {other}): detach it first "
-                        f"(`ip link set dev {name} xdp off`)"
+                        f"ebpflb is already loaded at {self.pin_path} (on {where}): "
+                        "run `ebpflb unload` first, or `ebpflb run` to take it over"
                     )
-            fresh = not os.path.exists(self.pin(PINNED_MAPS[0]))
-            try:
+                for index, name in targets:
+                    other = self._attached_id(index)
+                    if other:
+                        raise EbpflbError(
+                            f"{name} already has another XDP program (id {other}): detach it first "
+                            f"(`ip link set dev {name} xdp off`)"
+                        )
                 return self._load_and_attach(targets, config, mode)
-            except BaseException:
-                if fresh:  # nothing was there before this command: leave nothing behind
-                    self._remove_pins()
-                raise
+        except BaseException:
+            if fresh:  # nothing was there before this command: leave nothing behind
+                self._remove_pins()
+            raise
 
     def _load_and_attach(self, targets: list[tuple[int, str]], config: LbConfig, mode: str) -> list[Attachment]:
         obj = self._open_object(config)
@@ -147,7 +150,7 @@ class Instance:
             live = {a.ifindex: a for a in self.attachments()}
             if not live:
                 raise EbpflbError(f"nothing is attached at {self.pin_path}: load it instead")
-            published = self.snapshot().state.config
+            published = self.snapshot(sweep=False).state.config
             same_modes = all(mode in ("auto", a.mode) or a.ifindex == LOOPBACK_IFINDEX for a in live.values())
             if bytes(published) == bytes(config) and set(live) == {i for i, _ in targets} and same_modes:
                 return sorted(live.values(), key=lambda a: a.ifindex), False
@@ -213,8 +216,8 @@ class Instance:
     def unload(self) -> list[Attachment]:
         """Detaches everything this instance attached and removes its pins."""
         require_root()
-        if not os.path.isdir(self.pin_path):
-            raise EbpflbError(f"nothing is loaded at {self.pin_path}: see `ebpflb status --pin-path DIR`")
+        if not os.path.exists(self.pin(PINNED_MAPS[0])):
+            raise EbpflbError(f"nothing is loaded at {self.pin_path}: pass the --pin-path that `ebpflb load` used")
         with self._locked(create=False):
             attached = self.attachments()
             if attached:
@@ -251,8 +254,12 @@ class Instance:
                 f"nothing is loaded at {self.pin_path}: run `ebpflb load IFACE` (or pass the --pin-path it used)"
             )
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, sweep: bool = True) -> Snapshot:
+        """Reads the table and counters; first expires stale gateways (the packet path only
+        does that when traffic arrives), so an idle instance never lists an expired one."""
         self.require_loaded()
+        if sweep:
+            self.control(CtlOp.SWEEP)
         state = LbState()
         fd = self._map_fd("lb_state")
         try:

@@ -37,10 +37,7 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 		registry_update(port, bpf_ntohl(*weight), 0, bpf_ktime_get_coarse_ns());
 		return XDP_DROP;
 	}
-	count_reject(this_cpu_data(), reason);
-	trace("reject port=%u reason=%s", port,
-	      reason == REJECT_NOT_LOOPBACK ? "source" :
-	      reason == REJECT_MALFORMED ? "malformed" : "short");
+	reject(this_cpu_data(), port, 0, reason);
 	return XDP_DROP;
 }
 
@@ -131,14 +128,10 @@ int ebpflb_control(struct ctl_args *args)
 		return REJECTED(REJECT_BAD_REQUEST);
 	switch (args->op) {
 	case CTL_REGISTER: {
-		if (args->ifindex != 1 || !is_loopback_addr(args->family == 6, args->addr)) {
-			count_reject(this_cpu_data(), REJECT_NOT_LOOPBACK);
-			return REJECTED(REJECT_NOT_LOOPBACK);
-		}
-		if (args->payload_len < REG_PAYLOAD_MIN) {
-			count_reject(this_cpu_data(), REJECT_SHORT_PAYLOAD);
-			return REJECTED(REJECT_SHORT_PAYLOAD);
-		}
+		if (args->ifindex != 1 || !is_loopback_addr(args->family == 6, args->addr))
+			return reject(this_cpu_data(), args->port, 0, REJECT_NOT_LOOPBACK);
+		if (args->payload_len < REG_PAYLOAD_MIN)
+			return reject(this_cpu_data(), args->port, 0, REJECT_SHORT_PAYLOAD);
 		return registry_update(args->port, args->weight, 0, now);
 	}
 	case CTL_SET_WEIGHT:
@@ -151,8 +144,7 @@ int ebpflb_control(struct ctl_args *args)
 		rebuild_schedule();
 		return 0;
 	}
-	count_reject(this_cpu_data(), REJECT_BAD_REQUEST);
-	return REJECTED(REJECT_BAD_REQUEST);
+	return reject(this_cpu_data(), args->port, args->weight, REJECT_BAD_REQUEST);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -138,10 +138,26 @@ static __always_inline void zero_gateway_counters(__u32 slot)
 	bpf_loop(8192, zero_gateway_counters_on_cpu, &z, 0);
 }
 
-static __always_inline void count_reject(struct cpu_data *cpu, __u32 reason)
+static __always_inline const char *reject_word(__u32 reason)
+{
+	switch (reason) {
+	case REJECT_NOT_LOOPBACK: return "source";
+	case REJECT_SHORT_PAYLOAD: return "short";
+	case REJECT_WEIGHT_RANGE: return "weight";
+	case REJECT_TABLE_FULL: return "full";
+	case REJECT_MALFORMED: return "malformed";
+	case REJECT_UNKNOWN_GATEWAY: return "unknown";
+	default: return "request";
+	}
+}
+
+/* Counts and traces a refused registration; returns REJECTED(reason). */
+static __always_inline int reject(struct cpu_data *cpu, __u32 port, __u32 weight, __u32 reason)
 {
 	if (cpu && reason < NR_REJECT_REASONS)
 		cpu->global.reg_rejected[reason]++;
+	trace("reject port=%u weight=%u reason=%s", port, weight, reject_word(reason));
+	return REJECTED(reason);
 }
 
 /* Lets user space read the configuration the running program was loaded with. */
@@ -169,27 +185,13 @@ __noinline int registry_update(__u32 port, __u32 weight, __u32 flags, __u64 now)
 
 	if (!st)
 		return REJECTED(REJECT_BAD_REQUEST);
-	if (port > 0xffff) {
-		count_reject(cpu, REJECT_BAD_REQUEST);
-		return REJECTED(REJECT_BAD_REQUEST);
-	}
-
-	if (!r->port) {
-		count_reject(cpu, REJECT_BAD_REQUEST);
-		return REJECTED(REJECT_BAD_REQUEST);
-	}
-	if (r->weight > MAX_WEIGHT) {
-		count_reject(cpu, REJECT_WEIGHT_RANGE);
-		trace("reject port=%u weight=%u reason=weight", r->port, r->weight);
-		return REJECTED(REJECT_WEIGHT_RANGE);
-	}
+	if (!port || port > 0xffff)
+		return reject(cpu, port, weight, REJECT_BAD_REQUEST);
+	if (weight > MAX_WEIGHT)
+		return reject(cpu, port, weight, REJECT_WEIGHT_RANGE);
 	ret = table_apply(st, r, &slot);
-	if (ret < 0) {
-		count_reject(cpu, -ret - 1);
-		trace("reject port=%u weight=%u reason=%s", r->port, r->weight,
-		      ret == REJECTED(REJECT_TABLE_FULL) ? "full" : "unknown");
-		return ret;
-	}
+	if (ret < 0)
+		return reject(cpu, port, weight, -ret - 1);
 	if (cpu)
 		cpu->global.reg_accepted++;
 	publish_config(st);
