@@ -45,6 +45,7 @@ from .traffic import (
 pytestmark = pytest.mark.kernel
 
 LOCK_FILE = "/run/xdp-loader.lck"
+LIBXDP_DIR = "/sys/fs/bpf/xdp"  # libxdp creates it for its dispatcher and leaves it behind
 DEFAULT_EXPIRY_S = 30
 BPF_F_LOCK = 4  # map update: copy the value under its bpf_spin_lock
 
@@ -68,6 +69,7 @@ def loaded_by_xdp_loader(ns: NetNS, pin_dir: str | None) -> Iterator[None]:
     if shutil.which("xdp-loader") is None:
         pytest.skip("xdp-loader is not installed (make deps installs xdp-tools)")
     remove_stale_lock()
+    dispatcher_dir_existed = os.path.exists(LIBXDP_DIR)
     pins = ["-p", pin_dir] if pin_dir else []
     try:
         xdp_loader(ns, "load", "-m", "skb", *pins, "lo", str(object_path()))
@@ -78,6 +80,9 @@ def loaded_by_xdp_loader(ns: NetNS, pin_dir: str | None) -> Iterator[None]:
         ns.run("xdp-loader", "unload", "-a", "lo", timeout=30)
         if pin_dir:
             shutil.rmtree(pin_dir, ignore_errors=True)
+        if not dispatcher_dir_existed:
+            with contextlib.suppress(OSError):  # still in use by someone else: not ours to remove
+                os.rmdir(LIBXDP_DIR)
         remove_stale_lock()
 
 
