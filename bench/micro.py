@@ -26,7 +26,7 @@ from ebpflb.errors import EbpflbError
 
 from .micro_build import REPO, build_objects
 from .micro_checks import VerificationError
-from .micro_machine import Machine, load_average
+from .micro_machine import Machine, cpu_ticks, load_average, steal_share
 from .micro_objects import BenchObjects
 from .micro_packets import udp4_frame
 from .micro_rebuild import run_rebuild_benchmarks
@@ -75,7 +75,7 @@ def method_text(rounds: int, round_ms: float, agreement: float) -> list[str]:
         "tables give the median and quartiles over rounds of the kernel's ns per repetition; differences and "
         "ratios are taken per round between runs made next to each other. The process is pinned to one CPU. "
         "The kernel's figure (whole ns) and the thread's CPU time per repetition agreed within "
-        f"{agreement:.1f} ns (median per case).",
+        f"{agreement:.0%} (median per case).",
         "",
         "**Weight changes.** A gateway among N static ones alternates between two weights, so every operation "
         "changes the table and rebuilds the schedule (one nginx step per gateway per schedule position, "
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     cpu = choose_cpu(args.cpu)
     machine = Machine.describe(cpu)
     load_before = load_average()
+    ticks_before = cpu_ticks(cpu)
     started = time.monotonic()
     service_frame = udp4_frame(SOURCE_PORT, SERVICE_PORT, PAYLOAD)
     other_frame = udp4_frame(SOURCE_PORT, OTHER_PORT, PAYLOAD)
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     verdicts = [service_verdict, rejected_verdict]
     method = method_text(args.rounds, args.round_ms, cpu_time_agreement(groups))
     context = [
-        f"Load average {load_before} at the start, {load_average()} at the end (other work shares the machine).",
+        f"Load average {load_before} at the start, {load_average()} at the end (other work shares the machine); "
+        f"steal time on CPU {cpu} during the run: {steal_share(cpu, ticks_before):.1%}.",
         f"{verified_total(groups):,} datagrams run and verified; run took {time.monotonic() - started:.0f} s "
         f"on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
     ]
@@ -151,8 +153,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if os.geteuid() != 0:
         err.print("[red]the microbenchmark loads BPF programs: run it as root[/]")
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    # SIGINT too: a shell starts background jobs with it ignored, and Python keeps that
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         return run(args, console)
     except KeyboardInterrupt:

@@ -87,3 +87,19 @@ class Machine:
             ("Tools", f"{self.clang}; libbpf {self.libbpf}"),
             ("Measured", f"{self.obj}, repository at {self.commit}"),
         ]
+
+
+def cpu_ticks(cpu: int) -> tuple[int, int]:
+    """(steal, total) clock ticks of one CPU so far, from /proc/stat."""
+    for line in _read("/proc/stat", "").splitlines():
+        fields = line.split()
+        if fields and fields[0] == f"cpu{cpu}":
+            ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+            return ticks[7], sum(ticks)
+    return 0, 0
+
+
+def steal_share(cpu: int, before: tuple[int, int]) -> float:
+    """Share of the CPU's time the hypervisor gave to others since `before`."""
+    steal, total = cpu_ticks(cpu)
+    return (steal - before[0]) / max(total - before[1], 1)
