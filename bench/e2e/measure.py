@@ -152,6 +152,15 @@ class ConfigResult:
             return float("nan")
         return point.weight_error_pp(self.ports, self.weights)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConfigResult":
+        point_fields = ("target_pps", "sent", "send_seconds", "busy_ns", "udp_delta", "background",
+                        "background_after")
+        points = [Point(per_port={int(k): v for k, v in p["per_port"].items()},
+                        **{f: p[f] for f in point_fields}) for p in data["points"]]
+        return cls(data["key"], data["label"], data["topology"], data["balances"], data["ports"],
+                   data["weights"], points, data["notes"], data["error"])
+
     def as_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "topology": self.topology,
                 "balances": self.balances, "ports": self.ports, "weights": self.weights,

@@ -86,6 +86,27 @@ def format_text(table: list[dict]) -> str:
     return "\n".join(out)
 
 
+def target_checks(table: list[dict]) -> list[str]:
+    """The issue's targets, per N: ebpflb >= 95 % of the ceiling at zero loss, and ahead of
+    nftables and nginx on throughput and CPU per datagram."""
+    lines = []
+    for reference_key, others in (("ebpflb-native-veth", ("nftables", "nginx")), ("ebpflb-skb-lo", ())):
+        for row in (r for r in table if r["key"] == reference_key and not r["error"]):
+            n = row["n"]
+            verdict = "met" if row["zl_vs_ceiling"] >= 0.95 else "MISSED"
+            lines.append(f"{row['system']}, N={n}: zero-loss {row['zl_vs_ceiling']:.3f} of the ceiling "
+                         f"(saturated, paired: {row['sat_vs_ceiling']:.3f}); target >= 0.95 {verdict}")
+            for other in (r for r in table if r["key"] in others and r["n"] == n and not r["error"]):
+                faster = row["zero_loss"] > other["zero_loss"]
+                cheaper = row["cpu_sat"] < other["cpu_sat"]
+                lines.append(
+                    f"{row['system']} vs {other['system']}, N={n}: throughput "
+                    f"{'ahead' if faster else 'BEHIND'} ({row['zero_loss'] / 1e3:.0f} vs "
+                    f"{other['zero_loss'] / 1e3:.0f} kpps zero-loss), CPU/dgram "
+                    f"{'lower' if cheaper else 'NOT lower'} ({row['cpu_sat']:.0f} vs {other['cpu_sat']:.0f} ns)")
+    return lines
+
+
 def format_markdown(table: list[dict]) -> str:
     out = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     out += ["| " + " | ".join(cells(row)) + " |" for row in table]
@@ -108,7 +129,7 @@ def write_plot(results: list[ConfigResult], path: str) -> None:
         xs = [i + index * width for i in range(len(labels))]
         zero_loss = [zl(by_label[l]) / 1e3 if l in by_label else 0 for l in labels]
         saturation = [sat(by_label[l], "delivered_pps") / 1e3 if l in by_label else 0 for l in labels]
-        cpu = [sat(by_label[l], "cpu_ns_per_datagram") if l in by_label else 0 for l in labels]
+        cpu = [sat(by_label[l], "cpu_ns_per_datagram") / 1e3 if l in by_label else 0 for l in labels]
         axes[0].bar(xs, saturation, width, color=f"C{index}", alpha=0.35,
                     label=f"N={n} saturation")
         axes[0].bar(xs, zero_loss, width, color=f"C{index}", label=f"N={n} zero loss (<0.1 %)")
@@ -120,7 +141,7 @@ def write_plot(results: list[ConfigResult], path: str) -> None:
         axis.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("delivered datagrams/s (thousands)")
     axes[0].set_title("Throughput")
-    axes[1].set_ylabel("busy CPU ns per delivered datagram (saturation)")
+    axes[1].set_ylabel("busy CPU µs per delivered datagram (saturation)")
     axes[1].set_title("CPU per datagram (all CPUs, from /proc/stat)")
     n_curve = counts[-1] if counts else 0
     for index, r in enumerate(r for r in ok if len(r.ports) == n_curve):
@@ -156,7 +177,7 @@ def machine_description() -> list[str]:
 def write_markdown(results: list[ConfigResult], table: list[dict], options, skipped: dict,
                    elapsed: float, path: str) -> None:
     import datetime
-    from measure import DRAIN_S, LOSS_THRESHOLD, SWEEP_FRACTIONS
+    from measure import DRAIN_S, LOSS_THRESHOLD, SATURATION_REPEATS, SWEEP_FRACTIONS
     lines = [
         "# End-to-end benchmark",
         "",
@@ -216,6 +237,10 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
         "## Results",
         "",
         format_markdown(table),
+        "",
+        "Targets (computed by the run):",
+        "",
+        *[f"- {line}" for line in target_checks(table)],
         "",
         "![throughput and CPU per datagram](benchmarks.png)",
         "",

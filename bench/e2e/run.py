@@ -82,18 +82,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gateway-poll-us", type=int, default=1000,
                         help="gateways drain sockets every N us; 0 = block in epoll (wake-ups)")
     parser.add_argument("--results", default="", help="also write raw results as JSON here")
+    parser.add_argument("--report-only", default="",
+                        help="measure nothing: rebuild table and docs from a --results JSON file")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.*")
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    if args.report_only:
+        return report_only(args)
     if os.geteuid() != 0:
         print("run as root: the benchmark creates network namespaces", file=sys.stderr)
         return 2
     deps.ensure_all()
-    import report  # after deps: it needs matplotlib
-
     cleanup = Cleanup()
     cleanup.install()
     run_tag = f"{netns.PREFIX}{os.getpid()}"
@@ -128,20 +130,40 @@ def main() -> int:
 
     if args.results:
         with open(args.results, "w") as handle:
-            json.dump([r.as_dict() for r in results], handle, indent=1)
+            json.dump({"options": vars(options), "elapsed": elapsed, "skipped": skipped,
+                       "results": [r.as_dict() for r in results]}, handle, indent=1)
+    publish(results, options, skipped, elapsed, not args.no_docs)
+    return 0
+
+
+def report_only(args: argparse.Namespace) -> int:
+    deps.ensure_python_module("matplotlib")
+    with open(args.report_only) as handle:
+        data = json.load(handle)
+    results = [ConfigResult.from_dict(r) for r in data["results"]]
+    publish(results, Options(**data["options"]), data["skipped"], data["elapsed"], not args.no_docs)
+    return 0
+
+
+def publish(results: list[ConfigResult], options: Options, skipped: dict, elapsed: float,
+            docs: bool) -> None:
+    import report  # after deps: it needs matplotlib
+
     table = report.build_table(results)
     print()
     print(report.format_text(table))
+    print()
+    for line in report.target_checks(table):
+        print(line)
     for key, why in skipped.items():
         print(f"skipped {key}: {why}")
-    if not args.no_docs:
-        docs = os.path.join(REPO_ROOT, "docs")
-        report.write_plot(results, os.path.join(docs, "benchmarks.png"))
+    if docs:
+        folder = os.path.join(REPO_ROOT, "docs")
+        report.write_plot(results, os.path.join(folder, "benchmarks.png"))
         report.write_markdown(results, table, options, skipped, elapsed,
-                              os.path.join(docs, "benchmarks.md"))
-        print(f"wrote {docs}/benchmarks.md and {docs}/benchmarks.png")
+                              os.path.join(folder, "benchmarks.md"))
+        print(f"wrote {folder}/benchmarks.md and {folder}/benchmarks.png")
     print(f"measured for {elapsed:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":
