@@ -36,6 +36,7 @@ def build_objects(out_dir: Path) -> dict[str, Path]:
             cwd=REPO,
             capture_output=True,
             text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"compiling {source.name} failed:\n{result.stderr}")

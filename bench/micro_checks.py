@@ -158,4 +158,3 @@ class SwrrChecked:
         got = [table.gw[i].packets for i in range(len(self.weights))]
         expect(got == smooth_wrr_counts(self.weights, table.service), "counts differ from the nginx SWRR model")
         expect_rewritten(out, self.ports)
-

@@ -23,7 +23,7 @@ def _read(path: str, default: str = "?") -> str:
 
 def _run(*args: str) -> str:
     try:
-        return subprocess.run(args, capture_output=True, text=True, cwd=REPO).stdout.strip()
+        return subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
     except OSError:
         return "?"
 

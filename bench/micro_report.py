@@ -110,6 +110,12 @@ def service_table(groups: list[GroupResult], rounds: int) -> tuple[TableData, Ve
     return table, verdict
 
 
+def times_ebpflb(group: GroupResult, name: str) -> str:
+    c = group.cases
+    net = net_ratio(c[name], c["ebpflb"], c["baseline"])
+    return ratio_text(c[name], c["ebpflb"]) + (f" [{net:.1f}×]" if net is not None else "")
+
+
 def rejected_table(groups: list[GroupResult]) -> tuple[TableData, Verdict]:
     table = TableData(
         "2. Rejected designs, same harness and datagram: ns per datagram, and ratio to ebpflb "
@@ -122,12 +128,16 @@ def rejected_table(groups: list[GroupResult]) -> tuple[TableData, Verdict]:
     verdict = Verdict(f"ebpflb at least {SCAN_TARGET_RATIO:.0f}× cheaper than the O(N) scan at 64 gateways", False, "")
     for g in groups:
         c = g.cases
-
-        def times(name: str) -> str:
-            net = net_ratio(c[name], c["ebpflb"], c["baseline"])
-            return ratio_text(c[name], c["ebpflb"]) + (f" [{net:.1f}×]" if net is not None else "")
-
-        table.rows.append([str(g.gateways), ns(c["ebpflb"]), ns(c["scan"]), times("scan"), ns(c["swrr"]), times("swrr")])
+        table.rows.append(
+            [
+                str(g.gateways),
+                ns(c["ebpflb"]),
+                ns(c["scan"]),
+                times_ebpflb(g, "scan"),
+                ns(c["swrr"]),
+                times_ebpflb(g, "swrr"),
+            ]
+        )
         if g.gateways == SCAN_TARGET_GATEWAYS:
             r = ratio(c["scan"], c["ebpflb"]).median
             net = net_ratio(c["scan"], c["ebpflb"], c["baseline"])
@@ -207,9 +217,7 @@ def print_report(console: Console, tables: list[TableData], verdicts: list[Verdi
     for line in method:
         console.print(escape(line), style="dim", highlight=False)
     for data in tables:
-        table = Table(
-            title=escape(data.title), title_justify="left", caption=escape(data.note), caption_justify="left"
-        )
+        table = Table(title=escape(data.title), title_justify="left", caption=escape(data.note), caption_justify="left")
         for column in data.columns:
             table.add_column(escape(column))
         for row in data.rows:
@@ -223,7 +231,12 @@ def print_report(console: Console, tables: list[TableData], verdicts: list[Verdi
 def markdown(
     machine: Machine, tables: list[TableData], verdicts: list[Verdict], method: list[str], context: list[str]
 ) -> str:
-    out = ["# ebpflb microbenchmark", "", "Written by `make bench` (`python -m bench.micro`); the last run's numbers.", ""]
+    out = [
+        "# ebpflb microbenchmark",
+        "",
+        "Written by `make bench` (`python -m bench.micro`); the last run's numbers.",
+        "",
+    ]
     out += ["## Machine", ""]
     out += [f"- **{k}:** {v}" for k, v in machine.lines()]
     out += [f"- {line}" for line in context]
