@@ -297,7 +297,9 @@ def object_path_cmd() -> None:
 def trace_cmd(
     count: Annotated[Optional[int], typer.Option("--count", "-n", help="Stop after N events.")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop after S seconds.")] = None,
-    ports: Annotated[Optional[List[int]], typer.Option("--port", "-p", help="Only this gateway port (repeatable).")] = None,
+    ports: Annotated[
+        Optional[List[int]], typer.Option("--port", "-p", help="Only this gateway port (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
     pin_path: PinPath = DEFAULT_PIN_PATH,
 ) -> None:
@@ -336,7 +338,8 @@ def trace_cmd(
     def act() -> None:
         pipe = trace_pipe(lambda text: err.print(text, highlight=False))
         if not tracing_is_on(pipe):
-            err.print(f"[yellow]tracing is off: `echo 1 > {os.path.dirname(pipe)}/tracing_on`[/yellow]", highlight=False)
+            on = os.path.join(os.path.dirname(pipe), "tracing_on")
+            err.print(f"[yellow]tracing is off: `echo 1 > {on}`[/yellow]", highlight=False)
         err.print(f"following {pipe} (ebpflb events only; Ctrl-C stops)", highlight=False)
         if not as_json:
             out.print(f"[bold]{'time':<12}  {'event':<7}  {'port':<6} {'weight':<6} detail[/bold]")

@@ -27,7 +27,7 @@ from . import libbpf
 from .errors import EbpflbError
 from .instance import Attachment, GatewayInfo, Instance, Snapshot
 from .layout import CtlArgs, CtlOp, LbConfig, RejectReason
-from .object_file import CONTROL_PROGRAM, XDP_PROGRAM
+from .object_file import CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM
 from .system import LOOPBACK_IFINDEX, ifindex_of, ifname_of, require_bpffs, require_root
 from .userspace_reg import RegistrationServer, apply
 
@@ -311,7 +311,7 @@ class LiveView:
             f"registrations on {cfg.reg_port} ({'user space' if cfg.userspace_reg else 'kernel'}) · "
             f"expiry {cfg.expiry_ns / 1e9:g} s · trace {'on' if cfg.trace else 'off'} · Ctrl-C stops"
         )
-        table = Table("port", "weight", "weight %", "packets", "packet %", "pkt/s", "bytes", "age s", "", box=None)
+        table = Table("port", "weight", "weight %", "packets", "packet %", "pkt/s", "bytes", "age s", box=None)
         gateways: list[GatewayInfo] = sorted(snap.gateways, key=lambda g: g.port)
         total_weight = sum(g.weight for g in gateways)
         total_packets = sum(g.packets for g in gateways)
@@ -326,7 +326,6 @@ class LiveView:
                 f"{rate:.0f}",
                 str(g.bytes),
                 "static" if g.is_static else f"{g.age_s:.1f}",
-                "",
             )
         rejected = ", ".join(f"{k} {v}" for k, v in _rejected(snap).items() if v) or "none"
         foot = Text(
@@ -378,7 +377,7 @@ def _attach_and_serve(
     try:
         if instance.attachments():  # attached, yet no run holds the lock: its owner is gone
             attached, replaced = instance.take_over(ifnames, config, mode)
-            snap = instance.snapshot()
+            snap = instance.snapshot(sweep=False)
             say(
                 f"adopted the running instance at {instance.pin_path} ({len(snap.gateways)} gateway(s), "
                 f"{snap.counters.service} datagrams balanced so far); "
@@ -403,8 +402,8 @@ def _attach_and_serve(
 
 
 def _detach(instance: Instance, say: Callable[[str], None]) -> None:
-    if not os.path.isdir(instance.pin_path):
-        say(f"{instance.pin_path} was already removed by someone else")
+    if not os.path.exists(instance.pin(PINNED_MAPS[0])):
+        say(f"{instance.pin_path} was already unloaded by someone else")
         return
     detached = instance.unload()
     say(f"detached from {', '.join(a.ifname for a in detached) or 'no interface'}; removed {instance.pin_path}")
@@ -429,7 +428,7 @@ def _serve(instance: Instance, server: Optional[RegistrationServer], console: Co
                 if stop.received is None and time.monotonic() >= next_tick:
                     libbpf.run_syscall(control_fd, CtlArgs(op=CtlOp.SWEEP))  # expiry on time without traffic
                     attachments = instance.attachments()
-                    view.update(instance.snapshot(), attachments)
+                    view.update(instance.snapshot(sweep=False), attachments)
                     next_tick = max(next_tick + TICK_S, time.monotonic())
     finally:
         selector.close()

@@ -23,6 +23,8 @@ LINE = re.compile(r"\s(?P<ts>\d+\.\d+):\s+(?:\S+:\s+)?ebpflb: (?P<event>\w+)(?P<
 FIELD = re.compile(r"(\w+)=(\S*)")
 
 # The kernel's reason words (kernel/registry.bpf.h, ebpflb.bpf.c), as a reader wants them.
+# Rejections decided before the weight is read: the kernel prints weight=0 for them.
+WEIGHT_UNREAD = {"source", "short", "malformed"}
 REASONS = {
     "weight": "weight above 65535",
     "full": "gateway table full",
@@ -63,14 +65,15 @@ def parse_line(line: str, wall_offset: float = 0.0) -> Optional[TraceEvent]:
         return int(value) if value.isdigit() else None
 
     ts = float(m.group("ts"))
+    reason = fields.get("reason")
     return TraceEvent(
         kernel_s=ts,
         wall=ts + wall_offset,
         event=m.group("event"),
         port=number("port"),
-        weight=number("weight"),
+        weight=None if reason in WEIGHT_UNREAD else number("weight"),
         slot=number("slot"),
-        reason=fields.get("reason"),
+        reason=reason,
     )
 
 

@@ -13,12 +13,24 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-from ebpflb.instance import Instance, Snapshot
+from ebpflb.instance import Instance
 from ebpflb.layout import MAX_GATEWAYS, RejectReason
 
 from .netns import NetNS, sh
 from .test_run_mode import RunProcess
-from .traffic import LOOPBACK, REG_PORT, SERVICE_PORT, Gateway, Sender, cli_ok, family, gateways, gateways_json, status_json, wait_until
+from .traffic import (
+    LOOPBACK,
+    REG_PORT,
+    SERVICE_PORT,
+    Gateway,
+    Sender,
+    cli_ok,
+    family,
+    gateways,
+    gateways_json,
+    status_json,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -32,7 +44,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @contextlib.contextmanager
-def balancer(ns: NetNS, pin_path: str, mode: str, *options: str, interfaces: tuple[str, ...] = ("lo",)) -> Iterator[None]:
+def balancer(
+    ns: NetNS, pin_path: str, mode: str, *options: str, interfaces: tuple[str, ...] = ("lo",)
+) -> Iterator[None]:
     """The instance under test: loaded (kernel registrations) or a `run -u` process."""
     if mode == "kernel":
         cli_ok(ns, "load", *interfaces, "--pin-path", pin_path, *options)
@@ -69,7 +83,9 @@ def age_of(pin_path: str, port: int) -> float:
     return next(g.age_s for g in Instance(pin_path).snapshot().gateways if g.port == port)
 
 
-def send_raw(version: int, payload: bytes, source: Optional[tuple[str, int]] = None, target: Optional[str] = None) -> int:
+def send_raw(
+    version: int, payload: bytes, source: Optional[tuple[str, int]] = None, target: Optional[str] = None
+) -> int:
     """A registration datagram with any payload, from `source` (default: loopback, any port)."""
     with socket.socket(family(version), socket.SOCK_DGRAM) as sock:
         sock.bind(source or (LOOPBACK[version], 0))
@@ -85,7 +101,12 @@ def poke(version: int = 4) -> None:
 
 @pytest.mark.parametrize("version", [4, 6])
 def test_accepted_registration(netns: NetNS, pin_path: str, mode: str, version: int) -> None:
-    with balancer(netns, pin_path, mode), netns.entered(), Gateway(version) as gw, Sender(version, LOOPBACK[version]) as s:
+    with (
+        balancer(netns, pin_path, mode),
+        netns.entered(),
+        Gateway(version) as gw,
+        Sender(version, LOOPBACK[version]) as s,
+    ):
         gw.register(7)
         expect_counters(pin_path, accepted=1)
         assert table(pin_path) == {gw.port: (7, 0, False)}

@@ -6,30 +6,35 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
 from ebpflb.trace import TRACE_DIRS, parse_line
 
 from .netns import NetNS
-from .test_registration import expect_counters, poke, send_raw, table
+from .test_registration import expect_counters, poke, table
 from .test_run_mode import RunProcess
 from .traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, wait_until
 
 pytestmark = pytest.mark.kernel
+
+TRACE = [sys.executable, "-m", "ebpflb", "trace"]
 
 SOURCE_ADDRESS = "10.202.0.1"  # on lo of the test namespace: arrives on lo, but not from 127/8
 
 
 def drain_trace_pipe() -> None:
     """Empties the trace pipe, so only what a test causes is read after it."""
-    pipe = next((os.path.join(d, "trace_pipe") for d in TRACE_DIRS if os.path.exists(os.path.join(d, "trace_pipe"))), None)
+    pipe = next(
+        (os.path.join(d, "trace_pipe") for d in TRACE_DIRS if os.path.exists(os.path.join(d, "trace_pipe"))), None
+    )
     if pipe is None:
         return  # `ebpflb trace` mounts tracefs itself
     fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
@@ -43,8 +48,16 @@ def drain_trace_pipe() -> None:
 
 def trace(ns: NetNS, pin_path: str, *args: str) -> subprocess.Popen:
     return ns.popen(
-        sys.executable, "-m", "ebpflb", "trace", "--pin-path", pin_path, *args,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        sys.executable,
+        "-m",
+        "ebpflb",
+        "trace",
+        "--pin-path",
+        pin_path,
+        *args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -112,31 +125,18 @@ def exercise(ns: NetNS, pin_path: str) -> tuple[int, int, list[tuple]]:
     return a, b, expected
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "kernel",
-        pytest.param(
-            "userspace",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="CTL_REGISTER does not trace its source/short rejections (notes/runmode.md)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("mode", ["kernel", "userspace"])
 def test_trace_shows_each_event(netns: NetNS, pin_path: str, mode: str) -> None:
     drain_trace_pipe()
     with traced_instance(netns, pin_path, mode):
         # the gateway ports are not known before the sockets exist: filter afterwards
-        proc = trace(netns, pin_path, "--json", "--timeout", "20")
-        try:
+        with RunProcess(netns, "--json", "--timeout", "30", "--pin-path", pin_path, command=TRACE) as follower:
+            assert follower.wait_for("following", stderr=True), follower.output()
             a, b, expected = exercise(netns, pin_path)
             time.sleep(0.3)
-        finally:
-            proc.send_signal(2)  # Ctrl-C: a clean stop
-        out, err = finish(proc)
-    events = [json.loads(line) for line in out.splitlines()]
+            assert follower.stop(signal.SIGINT) == 0  # Ctrl-C: a clean stop
+        err = "\n".join(follower.err)
+    events = [json.loads(line) for line in follower.out]
     ours = [(e["event"], e["port"], e["weight"], e["slot"], e["reason"]) for e in events if e["port"] in (a, b)]
     assert ours == expected
     assert all(abs(e["wall"] - time.time()) < 60 for e in events)
@@ -170,9 +170,16 @@ def test_trace_without_t_gives_the_hint(netns: NetNS, pin_path: str) -> None:
 
 
 def test_parse_line_of_the_trace_pipe() -> None:
-    line = "          <idle>-0       [001] ..s2.  4242.123456: bpf_trace_printk: ebpflb: reject port=40000 weight=70000 reason=weight"
+    line = (
+        "          <idle>-0       [001] ..s2.  4242.123456: bpf_trace_printk: "
+        "ebpflb: reject port=40000 weight=70000 reason=weight"
+    )
     event = parse_line(line, wall_offset=1000.0)
     assert event is not None
     assert (event.event, event.port, event.weight, event.slot, event.reason) == ("reject", 40000, 70000, None, "weight")
     assert (event.kernel_s, event.wall) == (4242.123456, 5242.123456)
+    short = parse_line(
+        "  python3-77  [000] b..1.  5.000001: bpf_trace_printk: ebpflb: reject port=9 weight=0 reason=short"
+    )
+    assert short is not None and (short.weight, short.reason_text) == (None, "payload under 4 bytes")
     assert parse_line("  python3-77  [000] .....  1.000000: bpf_trace_printk: other: add port=1") is None
