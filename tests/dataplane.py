@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import subprocess
+import uuid
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 from ebpflb import libbpf
 from ebpflb.instance import Instance
-from ebpflb.layout import GlobalCounters, LbConfig, LbState, RejectReason
+from ebpflb.layout import CpuData, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
 from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+
+from .netns import NetNS
 
 XDP_DROP = 1
 XDP_PASS = 2
@@ -72,15 +76,30 @@ class Dataplane:
         verdict, out, _ = libbpf.test_run(self.prog_fd, packet, ctx=ctx)
         return verdict, out
 
+    def reset(self) -> None:
+        """Zeroes every pinned map: the state of a freshly loaded object (maps are created
+        zeroed and nothing writes them at load), so one load can serve many cases."""
+        per_cpu = (ctypes.sizeof(CpuData) + 7) & ~7
+        zeroed: list[tuple[str, int, ctypes.Array | ctypes.Structure]] = [
+            ("lb_state", 0, LbState()),
+            ("lb_schedules", 0, Schedule()),
+            ("lb_schedules", 1, Schedule()),
+            ("lb_percpu", 0, (ctypes.c_char * (per_cpu * libbpf.num_possible_cpus()))()),
+        ]
+        for name, key, value in zeroed:
+            k = ctypes.c_uint32(key)
+            fd = self.obj.map_fd(name)
+            libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(k), ctypes.byref(value), 0), f"reset {name}")
+
     def counters(self) -> dict[str, int]:
-        return counter_values(self.instance.snapshot().counters)
+        return counter_values(self.instance.snapshot(sweep=False).counters)
 
     def state(self) -> LbState:
-        return self.instance.snapshot().state
+        return self.instance.snapshot(sweep=False).state
 
     def gateways(self) -> dict[int, tuple[int, int]]:
         """port -> (slot, weight) of every live gateway."""
-        return {g.port: (g.slot, g.weight) for g in self.instance.snapshot().gateways}
+        return {g.port: (g.slot, g.weight) for g in self.instance.snapshot(sweep=False).gateways}
 
 
 @contextlib.contextmanager
@@ -101,6 +120,24 @@ def loaded(pin_path: str, config: Optional[LbConfig] = None) -> Iterator[Datapla
         yield Dataplane(obj, obj.program_fd(XDP_PROGRAM), instance, config)
     finally:
         obj.close()
+
+
+@contextlib.contextmanager
+def shared(bpffs: str) -> Iterator[Dataplane]:
+    """One load in its own namespace and pin directory for a whole module; tests call
+    `reset()` first. Everything is removed after, also on failure."""
+    pin_path = f"{bpffs}/ebpflb-test-{uuid.uuid4().hex[:12]}"
+    namespace = NetNS("pk")
+    try:
+        with namespace.entered(), loaded(pin_path) as plane:
+            yield plane
+    finally:
+        namespace.delete()
+        if os.path.exists(pin_path):
+            try:
+                Instance(pin_path).unload()
+            except Exception:
+                subprocess.run(["rm", "-rf", pin_path], check=False)
 
 
 @contextlib.contextmanager

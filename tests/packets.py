@@ -64,9 +64,12 @@ def udp4(
     options: Sequence[object] = (),
     vlans: Sequence[tuple[int, int]] = (),
     chksum: Optional[int] = None,
+    dont_fragment: bool = False,
 ) -> bytes:
-    ip = ipv4(src, options=list(options)) if options else ipv4(src)
-    return bytes(ethernet(vlans) / ip / udp(dport, payload, sport, chksum))
+    fields: dict[str, object] = {"flags": "DF"} if dont_fragment else {}
+    if options:
+        fields["options"] = list(options)
+    return bytes(ethernet(vlans) / ipv4(src, **fields) / udp(dport, payload, sport, chksum))
 
 
 def udp6(
@@ -144,8 +147,8 @@ def weight_payload(weight: int, extra: bytes = b"") -> bytes:
     return weight.to_bytes(4, "big") + extra
 
 
-def registration4(port: int, weight: int, *, src: str = LOOPBACK4, extra: bytes = b"") -> bytes:
-    return udp4(REG_PORT, weight_payload(weight, extra), sport=port, src=src)
+def registration4(port: int, weight: int, *, src: str = LOOPBACK4, extra: bytes = b"", **fields: object) -> bytes:
+    return udp4(REG_PORT, weight_payload(weight, extra), sport=port, src=src, **fields)  # type: ignore[arg-type]
 
 
 def registration6(port: int, weight: int, *, src: str = LOOPBACK6, extra: bytes = b"", chksum: Optional[int] = None) -> bytes:

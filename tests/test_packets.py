@@ -25,7 +25,7 @@ from ebpflb import scheduler
 from ebpflb.layout import MAX_GATEWAYS, CtlOp
 
 from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu
+from .dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu, shared
 from .netns import NetNS
 
 pytestmark = pytest.mark.kernel
@@ -122,6 +122,7 @@ BALANCED = [
     rewritten("IPv4 from a non-loopback client", lambda port: P.udp4(port, src="10.1.2.3")),
     rewritten("IPv4 empty payload", lambda port: P.udp4(port, b"")),
     rewritten("IPv4 odd payload length", lambda port: P.udp4(port, b"odd")),
+    rewritten("IPv4 don't-fragment set (not a fragment)", lambda port: P.udp4(port, dont_fragment=True)),
     rewritten("IPv4 1400-byte payload", lambda port: P.udp4(port, bytes(range(200)) * 7)),
     rewritten("IPv6", lambda port: P.udp6(port)),
     rewritten("IPv6 from a global client", lambda port: P.udp6(port, src="2001:db8::7")),
@@ -147,6 +148,7 @@ BALANCED = [
     ),
     rewritten("IPv4 first fragment (MF, offset 0)", lambda port: P.fragments4(port, BIG_PAYLOAD)[0]),
     rewritten("IPv6 first fragment (offset 0, M)", lambda port: P.fragments6(port, BIG_PAYLOAD)[0]),
+    rewritten("IPv6 atomic fragment (offset 0, no M)", lambda port: P.udp6(port, ext=[IPv6ExtHdrFragment(id=9, m=0)])),
     Case(
         "IPv4 UDP checksum 0 (none) stays 0",
         P.udp4(P.SERVICE_PORT, chksum=0),
@@ -244,23 +246,44 @@ def describe_mismatch(case: Case, verdict: int, out: bytes) -> str:
     )
 
 
-@pytest.fixture
-def dataplane(pin_path: str, netns: NetNS) -> Iterator[Dataplane]:
-    with netns.entered(), loaded(pin_path) as plane:
+@pytest.fixture(scope="module")
+def module_dataplane(bpffs: str) -> Iterator[Dataplane]:
+    with shared(bpffs) as plane:
         yield plane
+
+
+@pytest.fixture
+def dataplane(module_dataplane: Dataplane) -> Dataplane:
+    """The module's loaded object, reset to the state of a fresh load, in its own namespace."""
+    module_dataplane.reset()
+    return module_dataplane
+
+
+def test_reset_gives_the_state_of_a_fresh_load(dataplane: Dataplane) -> None:
+    """The shared load is only as good as its reset: every pinned byte must be zero again."""
+    dataplane.run(P.registration4(GW_PORT, 3))
+    dataplane.run(P.udp4(P.SERVICE_PORT))
+    dataplane.run(P.registration4(GW_PORT, 70000))
+    assert dataplane.gateways() and any(dataplane.counters().values())
+    dataplane.reset()
+    snapshot = dataplane.instance.snapshot(sweep=False)
+    assert bytes(snapshot.state) == bytes(len(bytes(snapshot.state)))
+    assert not any(dataplane.counters().values()) and snapshot.gateways == []
+    assert dataplane.run(P.udp4(P.SERVICE_PORT)) == (XDP_PASS, P.udp4(P.SERVICE_PORT))
+    assert dataplane.counters()["no_gateway_passed"] == 1
 
 
 def run_case(dataplane: Dataplane, case: Case) -> None:
     for port, weight in case.gateways:
         dataplane.instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
     before = dataplane.counters()
-    gateway_before = {g.port: g for g in dataplane.instance.snapshot().gateways}
+    gateway_before = {g.port: g for g in dataplane.instance.snapshot(sweep=False).gateways}
     verdict, out = dataplane.run(case.packet)
     assert (verdict, out) == (case.verdict, case.expected), describe_mismatch(case, verdict, out)
     assert counter_delta(before, dataplane.counters()) == case.counters, case.description
     if case.counters.get("service"):
         # the chosen gateway counts the datagram and its UDP length (header and payload)
-        gateway = {g.port: g for g in dataplane.instance.snapshot().gateways}[GW_PORT]
+        gateway = {g.port: g for g in dataplane.instance.snapshot(sweep=False).gateways}[GW_PORT]
         udp_length = P.udp_length(case.packet)
         assert gateway.packets - gateway_before[GW_PORT].packets == 1
         assert gateway.bytes - gateway_before[GW_PORT].bytes == udp_length
@@ -292,7 +315,7 @@ def test_random_datagrams_leave_with_scratch_checksums(dataplane: Dataplane) -> 
         dataplane.instance.control(CtlOp.ADD_STATIC, port=port, weight=rng.randint(1, 4))
     by_slot = sorted((slot, port, weight) for port, (slot, weight) in dataplane.gateways().items())
     assert [slot for slot, _, _ in by_slot] == list(range(len(ports)))
-    count = 400
+    count = 300
     picks = scheduler.sequence([weight for _, _, weight in by_slot], count)
     with on_one_cpu():
         for k in range(count):
@@ -303,8 +326,7 @@ def test_random_datagrams_leave_with_scratch_checksums(dataplane: Dataplane) -> 
                 build = lambda port: P.udp4(port, payload, sport=sport, src=f"10.0.{k % 256}.1", vlans=vlans)  # noqa: E731
             else:
                 build = lambda port: P.udp6(port, payload, sport=sport, src=f"2001:db8::{k:x}", vlans=vlans)  # noqa: E731
-            case = rewritten(f"random datagram {k}", build)
-            case = Case(case.description, case.packet, XDP_PASS, build(by_slot[picks[k]][1]))
+            case = Case(f"random datagram {k}", build(P.SERVICE_PORT), XDP_PASS, build(by_slot[picks[k]][1]))
             verdict, out = dataplane.run(case.packet)
             assert (verdict, out) == (case.verdict, case.expected), describe_mismatch(case, verdict, out)
 
@@ -339,6 +361,9 @@ REGISTRATIONS = [
     accepted("bytes after the weight are ignored", R4(GW_PORT, 7, extra=b"reserved"), {GW_PORT: 7}),
     accepted("weight 1", R4(GW_PORT, 1), {GW_PORT: 1}),
     accepted("weight 65535", R6(GW_PORT, 65535), {GW_PORT: 65535}),
+    accepted("IPv4 with don't-fragment set", R4(GW_PORT, 7, dont_fragment=True), {GW_PORT: 7}),
+    accepted("IPv4 with options", R4(GW_PORT, 7, options=[IPOption_Router_Alert()]), {GW_PORT: 7}),
+    accepted("IPv4 without UDP checksum", P.udp4(P.REG_PORT, P.weight_payload(7), sport=GW_PORT, chksum=0), {GW_PORT: 7}),
     accepted("802.1Q-tagged registration", P.udp4(P.REG_PORT, P.weight_payload(3), sport=GW_PORT, vlans=DOT1Q), {GW_PORT: 3}),
     accepted("second gateway", R4(GW_PORT + 1, 2), {GW_PORT: 7, GW_PORT + 1: 2}, setup=[R4(GW_PORT, 7)]),
     accepted("heartbeat, same weight", R4(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]),
@@ -364,6 +389,7 @@ REGISTRATIONS = [
         setup=[R4(GW_PORT, 7)],
         table={GW_PORT: 7},
     ),
+    rejected("source port 0", R4(0, 7), "BAD_REQUEST"),
     rejected("empty payload", P.udp4(P.REG_PORT, b"", sport=GW_PORT), "SHORT_PAYLOAD"),
     rejected("3-byte payload", P.udp4(P.REG_PORT, b"\0\0\7", sport=GW_PORT), "SHORT_PAYLOAD"),
     rejected("IPv6 3-byte payload", P.udp6(P.REG_PORT, b"\0\0\7", sport=GW_PORT), "SHORT_PAYLOAD"),
@@ -418,7 +444,7 @@ def test_registration(dataplane: Dataplane, case: Registration) -> None:
     assert (verdict, out) == (XDP_DROP, case.packet), describe_mismatch(expected, verdict, out)
     assert counter_delta(before, dataplane.counters()) == case.counters, case.description
     assert weights_by_port(dataplane) == case.table
-    assert all(not g.is_static for g in dataplane.instance.snapshot().gateways)
+    assert all(not g.is_static for g in dataplane.instance.snapshot(sweep=False).gateways)
 
 
 def test_later_fragment_to_registration_port_passes(dataplane: Dataplane) -> None:
