@@ -28,7 +28,6 @@ from .traffic import (
     family,
     gateways,
     gateways_json,
-    status_json,
     wait_until,
 )
 
@@ -115,7 +114,7 @@ def test_accepted_registration(netns: NetNS, pin_path: str, mode: str, version: 
         assert wait_until(lambda: gw.drain() >= 0 and gw.count == 1, 5.0)
         rows = gateways_json(netns, pin_path)
         assert rows[gw.port]["packets"] == 1 and rows[gw.port]["weight"] == 7
-        assert status_json(netns, pin_path)["config"]["userspace_registrations"] == (mode == "userspace")
+        assert Instance(pin_path).snapshot().state.config.userspace_reg == (mode == "userspace")
 
 
 def test_heartbeat_refreshes_age_and_keeps_the_gateway(netns: NetNS, pin_path: str, mode: str) -> None:
