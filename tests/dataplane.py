@@ -11,8 +11,9 @@ import ctypes
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 from ebpflb import libbpf
 from ebpflb.instance import Instance
@@ -49,7 +50,7 @@ def default_config(**overrides: int) -> LbConfig:
 def counter_values(counters: GlobalCounters) -> dict[str, int]:
     """Flat view of the global counters; each rejection reason is `rejected_<REASON>`."""
     values: dict[str, int] = {}
-    for name, _ in GlobalCounters._fields_:
+    for name, *_ in GlobalCounters._fields_:
         if name == "reg_rejected":
             for reason in RejectReason:
                 values[f"rejected_{reason.name}"] = int(counters.reg_rejected[reason])
@@ -87,9 +88,14 @@ class Dataplane:
             ("lb_percpu", 0, (ctypes.c_char * (per_cpu * libbpf.num_possible_cpus()))()),
         ]
         for name, key, value in zeroed:
-            k = ctypes.c_uint32(key)
-            fd = self.obj.map_fd(name)
-            libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(k), ctypes.byref(value), 0), f"reset {name}")
+            self.write_map(name, key, value)
+
+    def write_map(self, name: str, key: int, value: ctypes.Array | ctypes.Structure) -> None:
+        """Overwrites one element of a map of the loaded object (the kernel keeps a value's
+        bpf_spin_lock out of the copy)."""
+        k = ctypes.c_uint32(key)
+        ret = libbpf.lib().bpf_map_update_elem(self.obj.map_fd(name), ctypes.byref(k), ctypes.byref(value), 0)
+        libbpf.check(ret, f"update {name}")
 
     def counters(self) -> dict[str, int]:
         return counter_values(self.instance.snapshot(sweep=False).counters)

@@ -7,7 +7,8 @@ the same builder called with the gateway's port: never derived from the input by
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
@@ -42,11 +43,11 @@ def ethernet(vlans: Sequence[tuple[int, int]] = ()) -> Packet:
     return frame
 
 
-def ipv4(src: str = LOOPBACK4, dst: str = LOOPBACK4, **fields: object) -> Packet:
+def ipv4(src: str = LOOPBACK4, dst: str = LOOPBACK4, **fields: Any) -> Packet:
     return IP(src=src, dst=dst, id=0x1234, ttl=64, **fields)
 
 
-def ipv6(src: str = LOOPBACK6, dst: str = LOOPBACK6, **fields: object) -> Packet:
+def ipv6(src: str = LOOPBACK6, dst: str = LOOPBACK6, **fields: Any) -> Packet:
     return IPv6(src=src, dst=dst, hlim=64, **fields)
 
 
@@ -66,7 +67,7 @@ def udp4(
     chksum: Optional[int] = None,
     dont_fragment: bool = False,
 ) -> bytes:
-    fields: dict[str, object] = {"flags": "DF"} if dont_fragment else {}
+    fields: dict[str, Any] = {"flags": "DF"} if dont_fragment else {}
     if options:
         fields["options"] = list(options)
     return bytes(ethernet(vlans) / ipv4(src, **fields) / udp(dport, payload, sport, chksum))
@@ -151,7 +152,9 @@ def registration4(port: int, weight: int, *, src: str = LOOPBACK4, extra: bytes 
     return udp4(REG_PORT, weight_payload(weight, extra), sport=port, src=src, **fields)  # type: ignore[arg-type]
 
 
-def registration6(port: int, weight: int, *, src: str = LOOPBACK6, extra: bytes = b"", chksum: Optional[int] = None) -> bytes:
+def registration6(
+    port: int, weight: int, *, src: str = LOOPBACK6, extra: bytes = b"", chksum: Optional[int] = None
+) -> bytes:
     return udp6(REG_PORT, weight_payload(weight, extra), sport=port, src=src, chksum=chksum)
 
 

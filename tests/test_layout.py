@@ -87,7 +87,7 @@ def test_struct_matches_btf(c_name: str) -> None:
         while target["kind"] == "ARRAY":
             target = resolve(target["type_id"])
         if target["kind"] == "STRUCT" and mirror_of_btf_struct(target) is not None:
-            ctype = dict((n, t) for n, t, *_ in mirror._fields_)[name]
+            ctype: Any = {n: t for n, t, *_ in mirror._fields_}[name]
             while issubclass(ctype, ctypes.Array):
                 ctype = ctype._type_
             assert ctype is mirror_of_btf_struct(target), f"type of {c_name}.{member['name']}"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import pytest
 from scapy.layers.inet import IPOption_NOP, IPOption_Router_Alert
@@ -144,7 +144,8 @@ BALANCED = [
     ),
     rewritten("IPv6 six extension headers (the most walked)", lambda port: P.udp6(port, ext=ext_chain(6))),
     rewritten(
-        "QinQ IPv6 hop-by-hop and 16-byte hop-by-hop", lambda port: P.udp6(port, vlans=QINQ, ext=[P.hop_by_hop(), hbh_16_bytes()])
+        "QinQ IPv6 hop-by-hop and 16-byte hop-by-hop",
+        lambda port: P.udp6(port, vlans=QINQ, ext=[P.hop_by_hop(), hbh_16_bytes()]),
     ),
     rewritten("IPv4 first fragment (MF, offset 0)", lambda port: P.fragments4(port, BIG_PAYLOAD)[0]),
     rewritten("IPv6 first fragment (offset 0, M)", lambda port: P.fragments6(port, BIG_PAYLOAD)[0]),
@@ -168,8 +169,14 @@ BALANCED = [
 ]
 
 PASSED = [
-    *(unchanged(f"IPv4 later fragment {i}", frag) for i, frag in enumerate(P.fragments4(P.SERVICE_PORT, BIG_PAYLOAD)[1:], 1)),
-    *(unchanged(f"IPv6 later fragment {i}", frag) for i, frag in enumerate(P.fragments6(P.SERVICE_PORT, BIG_PAYLOAD)[1:], 1)),
+    *(
+        unchanged(f"IPv4 later fragment {i}", frag)
+        for i, frag in enumerate(P.fragments4(P.SERVICE_PORT, BIG_PAYLOAD)[1:], 1)
+    ),
+    *(
+        unchanged(f"IPv6 later fragment {i}", frag)
+        for i, frag in enumerate(P.fragments6(P.SERVICE_PORT, BIG_PAYLOAD)[1:], 1)
+    ),
     unchanged("IPv6 UDP checksum 0 (invalid): not balanced", P.udp6(P.SERVICE_PORT, chksum=0), {"unbalanced": 1}),
     unchanged("IPv6 seven extension headers (past the walk limit)", P.udp6(P.SERVICE_PORT, ext=ext_chain(7))),
     unchanged("three VLAN tags (past the tag limit)", P.udp4(P.SERVICE_PORT, vlans=QINQ + DOT1Q)),
@@ -304,6 +311,15 @@ def test_bad_headers_pass_unchanged(dataplane: Dataplane, case: Case) -> None:
     run_case(dataplane, case)
 
 
+def random_datagram(rng: random.Random, k: int) -> P.PortBuilder:
+    payload = rng.randbytes(rng.randint(0, 40))
+    sport = rng.randint(1, 65535)
+    vlans = rng.choice([(), DOT1Q, QINQ])
+    if rng.random() < 0.5:
+        return lambda port: P.udp4(port, payload, sport=sport, src=f"10.0.{k % 256}.1", vlans=vlans)
+    return lambda port: P.udp6(port, payload, sport=sport, src=f"2001:db8::{k:x}", vlans=vlans)
+
+
 def test_random_datagrams_leave_with_scratch_checksums(dataplane: Dataplane) -> None:
     """Random payloads, families, tags and gateway ports (below and above the service port,
     and the extremes 1 and 65535): each output must equal Scapy's from-scratch build for the
@@ -319,13 +335,7 @@ def test_random_datagrams_leave_with_scratch_checksums(dataplane: Dataplane) -> 
     picks = scheduler.sequence([weight for _, _, weight in by_slot], count)
     with on_one_cpu():
         for k in range(count):
-            payload = rng.randbytes(rng.randint(0, 40))
-            sport = rng.randint(1, 65535)
-            vlans = rng.choice([(), DOT1Q, QINQ])
-            if rng.random() < 0.5:
-                build = lambda port: P.udp4(port, payload, sport=sport, src=f"10.0.{k % 256}.1", vlans=vlans)  # noqa: E731
-            else:
-                build = lambda port: P.udp6(port, payload, sport=sport, src=f"2001:db8::{k:x}", vlans=vlans)  # noqa: E731
+            build = random_datagram(rng, k)
             case = Case(f"random datagram {k}", build(P.SERVICE_PORT), XDP_PASS, build(by_slot[picks[k]][1]))
             verdict, out = dataplane.run(case.packet)
             assert (verdict, out) == (case.verdict, case.expected), describe_mismatch(case, verdict, out)
@@ -343,13 +353,17 @@ class Registration:
     setup: tuple[bytes, ...] = ()  # registration datagrams accepted first
 
 
-def accepted(description: str, packet: bytes, table: dict[int, int], changed: bool = True, setup: Sequence[bytes] = ()) -> Registration:
+def accepted(
+    description: str, packet: bytes, table: dict[int, int], changed: bool = True, setup: Sequence[bytes] = ()
+) -> Registration:
     """An accepted registration; a change of membership or weight rebuilds the schedule once."""
     counters = {"reg_accepted": 1, **({"rebuilds": 1} if changed else {})}
     return Registration(description, packet, table, counters, tuple(setup))
 
 
-def rejected(description: str, packet: bytes, reason: str, setup: Sequence[bytes] = (), table: dict[int, int] | None = None) -> Registration:
+def rejected(
+    description: str, packet: bytes, reason: str, setup: Sequence[bytes] = (), table: dict[int, int] | None = None
+) -> Registration:
     return Registration(description, packet, table or {}, {f"rejected_{reason}": 1}, tuple(setup))
 
 
@@ -363,11 +377,17 @@ REGISTRATIONS = [
     accepted("weight 65535", R6(GW_PORT, 65535), {GW_PORT: 65535}),
     accepted("IPv4 with don't-fragment set", R4(GW_PORT, 7, dont_fragment=True), {GW_PORT: 7}),
     accepted("IPv4 with options", R4(GW_PORT, 7, options=[IPOption_Router_Alert()]), {GW_PORT: 7}),
-    accepted("IPv4 without UDP checksum", P.udp4(P.REG_PORT, P.weight_payload(7), sport=GW_PORT, chksum=0), {GW_PORT: 7}),
-    accepted("802.1Q-tagged registration", P.udp4(P.REG_PORT, P.weight_payload(3), sport=GW_PORT, vlans=DOT1Q), {GW_PORT: 3}),
+    accepted(
+        "IPv4 without UDP checksum", P.udp4(P.REG_PORT, P.weight_payload(7), sport=GW_PORT, chksum=0), {GW_PORT: 7}
+    ),
+    accepted(
+        "802.1Q-tagged registration", P.udp4(P.REG_PORT, P.weight_payload(3), sport=GW_PORT, vlans=DOT1Q), {GW_PORT: 3}
+    ),
     accepted("second gateway", R4(GW_PORT + 1, 2), {GW_PORT: 7, GW_PORT + 1: 2}, setup=[R4(GW_PORT, 7)]),
     accepted("heartbeat, same weight", R4(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]),
-    accepted("heartbeat over IPv6 of an IPv4 gateway", R6(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]),
+    accepted(
+        "heartbeat over IPv6 of an IPv4 gateway", R6(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]
+    ),
     accepted("weight change", R4(GW_PORT, 9), {GW_PORT: 9}, setup=[R4(GW_PORT, 7)]),
     accepted(
         "weight 0 removes at once",
@@ -381,7 +401,11 @@ REGISTRATIONS = [
     rejected("IPv6 from 2001:db8::1", R6(GW_PORT, 7, src="2001:db8::1"), "NOT_LOOPBACK"),
     rejected("IPv6 from ::2", R6(GW_PORT, 7, src="::2"), "NOT_LOOPBACK"),
     rejected("IPv6 from ::ffff:127.0.0.1", R6(GW_PORT, 7, src="::ffff:127.0.0.1"), "NOT_LOOPBACK"),
-    rejected("non-loopback source with a short payload", P.udp4(P.REG_PORT, b"", sport=GW_PORT, src="10.0.0.1"), "NOT_LOOPBACK"),
+    rejected(
+        "non-loopback source with a short payload",
+        P.udp4(P.REG_PORT, b"", sport=GW_PORT, src="10.0.0.1"),
+        "NOT_LOOPBACK",
+    ),
     rejected(
         "non-loopback source cannot remove a gateway",
         R4(GW_PORT, 0, src="10.0.0.1"),
@@ -394,7 +418,9 @@ REGISTRATIONS = [
     rejected("3-byte payload", P.udp4(P.REG_PORT, b"\0\0\7", sport=GW_PORT), "SHORT_PAYLOAD"),
     rejected("IPv6 3-byte payload", P.udp6(P.REG_PORT, b"\0\0\7", sport=GW_PORT), "SHORT_PAYLOAD"),
     rejected("UDP length 11 with 4 payload bytes", P.with_udp_length(R4(GW_PORT, 7), 11), "SHORT_PAYLOAD"),
-    rejected("UDP length 12, frame cut after 2 payload bytes", cut(R4(GW_PORT, 7), ETH + IPV4 + 8 + 2), "SHORT_PAYLOAD"),
+    rejected(
+        "UDP length 12, frame cut after 2 payload bytes", cut(R4(GW_PORT, 7), ETH + IPV4 + 8 + 2), "SHORT_PAYLOAD"
+    ),
     rejected("weight 65536", R4(GW_PORT, 65536), "WEIGHT_RANGE"),
     rejected("weight 2^32-1", R6(GW_PORT, 0xFFFFFFFF), "WEIGHT_RANGE"),
     rejected(
@@ -570,7 +596,11 @@ def test_expected_outputs_have_valid_checksums(case: Case) -> None:
 def test_checksum_edge_cases_are_what_they_claim() -> None:
     assert P.udp_checksum(zero_after_rewrite4(GW_PORT)) == P.udp_checksum(zero_after_rewrite6(GW_PORT)) == 0xFFFF
     assert P.udp_checksum(zero_after_rewrite4(P.SERVICE_PORT)) != 0xFFFF
-    assert P.udp_checksum(zero_before_rewrite4(P.SERVICE_PORT)) == P.udp_checksum(zero_before_rewrite6(P.SERVICE_PORT)) == 0xFFFF
+    assert (
+        P.udp_checksum(zero_before_rewrite4(P.SERVICE_PORT))
+        == P.udp_checksum(zero_before_rewrite6(P.SERVICE_PORT))
+        == 0xFFFF
+    )
     for swapped in (False, True):
         carry = double_carry_checksum(P.SERVICE_PORT, GW_PORT, swapped)
         for family in (4, 6):

@@ -8,20 +8,19 @@ order, n)`, also across weight changes and removals (a new schedule starts from 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import random
 from collections import Counter
-from math import gcd
+from collections.abc import Iterator, Sequence
 from functools import reduce
-from typing import Iterator, Sequence
+from math import gcd
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ebpflb import libbpf, scheduler
-from ebpflb.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp, LbState
+from ebpflb import scheduler
+from ebpflb.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp
 
 from . import packets as P
 from .dataplane import XDP_DROP, XDP_PASS, Dataplane, on_one_cpu, shared
@@ -132,7 +131,7 @@ def test_smooth_no_gateway_waits_longer_than_its_share(weights: list[int]) -> No
     (a plain weighted round-robin that sends runs of one gateway breaks this)."""
     cycle = scheduler.schedule(weights)
     total = sum(weights)
-    counts = Counter()
+    counts: Counter[int] = Counter()
     for k, pick in enumerate(cycle, 1):
         counts[pick] += 1
         for i, w in enumerate(weights):
@@ -182,7 +181,9 @@ def expected_ports(dataplane: Dataplane, count: int) -> list[int]:
     return [by_slot[slot][0] for slot in scheduler.sequence(weights, count)]
 
 
-def register(dataplane: Dataplane, weights: Sequence[int], by_packet: bool, first_port: int = FIRST_GATEWAY_PORT) -> None:
+def register(
+    dataplane: Dataplane, weights: Sequence[int], by_packet: bool, first_port: int = FIRST_GATEWAY_PORT
+) -> None:
     before = len(dataplane.gateways())
     for k, weight in enumerate(weights):
         port = first_port + k
@@ -241,9 +242,10 @@ def test_kernel_follows_the_model(dataplane: Dataplane, name: str, weights: list
 
 
 def first_difference(got: list[int], want: list[int]) -> str:
-    for k, (a, b) in enumerate(zip(got, want)):
+    for k, (a, b) in enumerate(zip(got, want, strict=False)):
         if a != b:
-            return f"datagram {k}: port {a}, model {b}; got {got[max(0, k - 5) : k + 5]}, want {want[max(0, k - 5) : k + 5]}"
+            around = slice(max(0, k - 5), k + 5)
+            return f"datagram {k}: port {a}, model {b}; got {got[around]}, want {want[around]}"
     return f"lengths {len(got)} and {len(want)}"
 
 
@@ -325,15 +327,9 @@ def rebuild_held(dataplane: Dataplane) -> Iterator[None]:
     unpublished and datagrams keep using the old schedule; clears it after."""
 
     def set_building(value: int) -> None:
-        fd = libbpf.obj_get(dataplane.instance.pin("lb_state"))
-        try:
-            state = LbState()
-            libbpf.map_lookup(fd, 0, state)
-            state.building = value  # the kernel skips the spin lock when copying values in
-            key = ctypes.c_uint32(0)
-            libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(state), 0), "update")
-        finally:
-            os.close(fd)
+        state = dataplane.state()
+        state.building = value
+        dataplane.write_map("lb_state", 0, state)
 
     set_building(1)
     try:
