@@ -3,7 +3,9 @@ namespace, its output read from a pipe (not a terminal: plain lines), stopped by
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -11,12 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 
 from ebpflb.instance import Instance
-from ebpflb.run import lock_path
+from ebpflb.run import lock_path, running_owner
 
 from .netns import NetNS
 from .traffic import LOOPBACK, REG_PORT, Gateway, Sender, gateways, wait_for_total, wait_until
@@ -187,7 +189,18 @@ def test_run_sweeps_expired_gateways_without_traffic(netns: NetNS, pin_path: str
         assert run.wait_for(f"gateway {gw.port} expired")
 
 
+@pytest.fixture
+def stale_lock_removed(pin_path: str) -> Iterator[None]:
+    """A killed run leaves its (unlocked) lock file; the next run reuses and removes it, but if the
+    test fails before that, remove it here."""
+    yield
+    with contextlib.suppress(FileNotFoundError):
+        if running_owner(pin_path) is None:
+            os.unlink(lock_path(pin_path))
+
+
 @pytest.mark.parametrize("same_config", [True, False], ids=["same-config", "new-config"])
+@pytest.mark.usefixtures("stale_lock_removed")
 def test_kill9_keeps_balancing_and_next_run_adopts_state(netns: NetNS, pin_path: str, same_config: bool) -> None:
     with netns.entered(), gateways(2) as gws:
         with RunProcess(netns, "lo", "--pin-path", pin_path) as first:
@@ -260,4 +273,43 @@ def test_udp_wrr_console_script_runs_the_original_command_line(netns: NetNS, pin
             assert counts_after_sending(netns, gws, 6) == {gws[0].port: 4, gws[1].port: 2}
         assert run.stop(signal.SIGINT) == 0
     assert "Traceback" not in run.output()
+    assert_gone(netns, pin_path)
+
+
+def test_run_on_a_terminal_shows_a_live_table(netns: NetNS, pin_path: str) -> None:
+    controller, terminal = pty.openpty()
+    proc = netns.popen(
+        sys.executable, "-m", "ebpflb", "run", "lo", "--pin-path", pin_path,
+        stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+        env={**os.environ, "COLUMNS": "160", "LINES": "40", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(terminal)
+    screen = bytearray()
+
+    def read_screen() -> None:
+        with contextlib.suppress(OSError):  # EIO once the process is gone
+            while chunk := os.read(controller, 65536):
+                screen.extend(chunk)
+
+    reader = threading.Thread(target=read_screen, daemon=True)
+    reader.start()
+    try:
+        with netns.entered(), Gateway() as gw:
+            assert wait_until(lambda: READY in " ".join(screen.decode(errors="replace").split()), 15.0), bytes(screen)
+            gw.register(5)
+            wait_registered(pin_path, {gw.port: 5})
+            assert wait_until(lambda: f" {gw.port} " in screen.decode(errors="replace"), 5.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+        os.close(controller)
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # redrawn in place, with colours: rich Live, not plain lines
+    assert "weight %" in text and "pkt/s" in text
+    assert "registered with weight" not in text  # the plain-line log is for pipes only
+    assert f"detached from lo; removed {pin_path}" in text
     assert_gone(netns, pin_path)
