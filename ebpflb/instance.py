@@ -316,6 +316,7 @@ class Instance:
 
         An instance loaded by xdp-loader pins no control program: the shipped object is then
         loaded once over the same pins to run it (with its compiled-in defaults)."""
+        require_root()
         self.require_loaded()
         if not 0 <= port <= 65535:
             raise EbpflbError(f"port {port} is out of range: use 1-65535")
