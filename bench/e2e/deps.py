@@ -16,6 +16,7 @@ DEBIAN_PACKAGES = {
     "nginx": "/usr/sbin/nginx",
     "libnginx-mod-stream": "/usr/lib/nginx/modules/ngx_stream_module.so",
     "util-linux": "/usr/bin/nsenter",
+    "linux-perf": "/usr/bin/perf",  # for the profile that explains the gaps
 }
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"

@@ -131,6 +131,8 @@ class ConfigResult:
     points: list[Point] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    # Inclusive % of the sender CPU's samples per kernel function (perf), when profiled.
+    profile: dict[str, float] = field(default_factory=dict)
 
     @property
     def saturation(self) -> Point | None:
@@ -159,10 +161,10 @@ class ConfigResult:
         points = [Point(per_port={int(k): v for k, v in p["per_port"].items()},
                         **{f: p[f] for f in point_fields}) for p in data["points"]]
         return cls(data["key"], data["label"], data["topology"], data["balances"], data["ports"],
-                   data["weights"], points, data["notes"], data["error"])
+                   data["weights"], points, data["notes"], data["error"], data.get("profile", {}))
 
     def as_dict(self) -> dict:
         return {"key": self.key, "label": self.label, "topology": self.topology,
                 "balances": self.balances, "ports": self.ports, "weights": self.weights,
                 "points": [p.as_dict() for p in self.points], "notes": self.notes,
-                "error": self.error}
+                "error": self.error, "profile": self.profile}

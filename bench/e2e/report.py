@@ -250,6 +250,18 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
     notes = [f"- {r.label}, N={len(r.ports)}: {note}" for r in results for note in r.notes]
     if notes:
         lines += ["Notes from the run:", ""] + notes + [""]
+    profiled = [r for r in results if r.profile]
+    if profiled:
+        columns = list(dict.fromkeys(c for r in profiled for c in r.profile))
+        lines += ["## Where the sender CPU's time goes", "",
+                  f"perf call-graph profile of CPU {options.sender_cpu} (the sender and, on veth and lo, "
+                  "the whole receive path in softirq) during one extra unpaced run, "
+                  f"N={len(profiled[0].ports)}: inclusive % of that CPU's samples in the sender/ksoftirqd.",
+                  "", "| system | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+        for r in profiled:
+            lines.append(f"| {r.label} | " + " | ".join(
+                f"{r.profile[c]:.1f}" if c in r.profile else "-" for c in columns) + " |")
+        lines.append("")
     lines += ["## All points", "", "| system | N | target kpps | offered kpps | delivered kpps | loss % "
               "| CPU ns/dgram | UDP RcvbufErrors | UDP InCsumErrors |", "|" + "---|" * 9]
     for r in results:

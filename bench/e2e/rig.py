@@ -93,6 +93,22 @@ class Rig:
         self.result.points.append(point)
         return point
 
+    def profile(self, seconds: float) -> None:
+        """One extra unpaced point under perf; the shares go to result.profile, the point is not kept."""
+        import perf_profile
+        if not self.ok:
+            return
+        self.gateways.resume()
+        try:
+            run = lambda: self._measure(0, seconds)  # noqa: E731
+            self.result.profile = perf_profile.profile(run, self.options.sender_cpu,
+                                                  ("sender", f"ksoftirqd/{self.options.sender_cpu}"),
+                                                  seconds, self.ctx.scratch)
+        except Exception as error:  # a profile is an extra: never fail the run for it
+            self.result.notes.append(f"profile failed: {error}")
+        finally:
+            self.gateways.pause()
+
     def stop(self) -> None:
         if self.gateways:
             self.gateways.stop()

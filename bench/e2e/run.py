@@ -17,12 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import deps  # noqa: E402
 import netns  # noqa: E402
+import perf_profile  # noqa: E402
 from balancers import REPO_ROOT, Balancer, Direct, Ebpflb, Nftables, Nginx, ebpflb_available  # noqa: E402
 from cleanup import Cleanup  # noqa: E402
 from measure import SATURATION_REPEATS, SWEEP_FRACTIONS, ConfigResult, Options, Point  # noqa: E402
 from programs import compile_programs  # noqa: E402
 from rig import Rig  # noqa: E402
 
+PROFILE_SECONDS = 2.0
 WEIGHTS = {3: [1, 2, 3], 16: [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]}
 
 
@@ -51,7 +53,8 @@ def log_point(rig: Rig, point: Point | None) -> None:
 
 
 def run_gateway_count(balancers: list[Balancer], weights: list[int], run_tag: str,
-                      binaries: dict[str, str], options: Options, scratch: str) -> list[ConfigResult]:
+                      binaries: dict[str, str], options: Options, scratch: str,
+                      profile: bool) -> list[ConfigResult]:
     """All systems set up side by side; each round measures every system once, so slow drifts
     of a shared machine hit all systems alike."""
     print(f"== N={len(weights)} gateways, weights {weights}", flush=True)
@@ -67,6 +70,11 @@ def run_gateway_count(balancers: list[Balancer], weights: list[int], run_tag: st
                 saturation = rig.result.saturation
                 if rig.ok and saturation and fraction * saturation.delivered_pps >= 1000:
                     log_point(rig, rig.measure(round(fraction * saturation.delivered_pps, -3)))
+        if profile:
+            for rig in rigs:
+                if not isinstance(rig.balancer, Nginx):  # nginx's cost is in its own process
+                    rig.profile(PROFILE_SECONDS)
+                    print(f"  profile {rig.balancer.label}: {rig.result.profile}", flush=True)
     finally:
         for rig in rigs:
             rig.stop()
@@ -81,6 +89,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--systems", default="", help="comma-separated keys to run (default: all)")
     parser.add_argument("--gateway-poll-us", type=int, default=1000,
                         help="gateways drain sockets every N us; 0 = block in epoll (wake-ups)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the perf profile of the sender CPU (taken for the first N only)")
     parser.add_argument("--results", default="", help="also write raw results as JSON here")
     parser.add_argument("--report-only", default="",
                         help="measure nothing: rebuild table and docs from a --results JSON file")
@@ -124,8 +134,10 @@ def main() -> int:
 
     started = time.time()
     results = []
-    for n in (int(v) for v in args.gateways.split(",")):
-        results += run_gateway_count(balancers, WEIGHTS[n], run_tag, binaries, options, scratch)
+    profile = not args.no_profile and perf_profile.available()
+    for index, n in enumerate(int(v) for v in args.gateways.split(",")):
+        results += run_gateway_count(balancers, WEIGHTS[n], run_tag, binaries, options, scratch,
+                                     profile and index == 0)
     elapsed = time.time() - started
 
     if args.results:
