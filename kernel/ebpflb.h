@@ -100,7 +100,7 @@ struct global_counters {
 	__u64 service;			/* service datagrams sent to a gateway */
 	__u64 no_gateway_passed;	/* service datagrams passed unchanged: no live gateway */
 	__u64 no_gateway_dropped;	/* same, dropped because drop_without_gateway is set */
-	__u64 unbalanced;		/* service datagrams passed unchanged: later fragment, AH/ESP, bad header */
+	__u64 unbalanced;		/* service datagrams passed unchanged: IPv6 without UDP checksum */
 	__u64 reg_accepted;
 	__u64 reg_rejected[NR_REJECT_REASONS];
 	__u64 expired;

@@ -5,7 +5,8 @@
  * The schedule is rebuilt when a registration changes membership or a weight, into the
  * inactive buffer, then published with one atomic exchange. Its length is one full cycle,
  * sum(weights) / gcd(weights), capped at SCHED_SIZE; beyond that it holds the first
- * SCHED_SIZE picks, where each gateway's count is within one of its exact share. */
+ * SCHED_SIZE picks, where each gateway's count is within a few picks of its exact share
+ * (well under 0.1 percentage points). */
 #ifndef SCHEDULER_BPF_H
 #define SCHEDULER_BPF_H
 
@@ -185,7 +186,7 @@ static __always_inline struct sched_entry *schedule_next(struct lb_state *st, st
 	/* the table changed and this schedule is not rebuilt yet (another CPU is on it):
 	 * trust only entries whose gateway is still in the table */
 	for (__u32 i = 0; i < LIVE_PROBES; i++) {
-		pick = &sched->entry[(pos + i) & (SCHED_SIZE - 1)];
+		pick = &sched->entry[((pos + i) % sched->len) & (SCHED_SIZE - 1)];
 		if (pick->port && st->gw[pick->slot & (MAX_GATEWAYS - 1)].port == pick->port)
 			return pick;
 	}

@@ -390,12 +390,6 @@ def test_pending_rebuild_keeps_the_old_order_for_live_gateways(dataplane: Datapl
 
 
 @pytest.mark.kernel
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug (notes/packets.md): schedule_next probes entry[(pos + i) & (SCHED_SIZE - 1)] "
-    "instead of wrapping at sched->len, so at the end of a cycle it reads past it and passes the "
-    "datagram without a gateway (or picks a stale entry) while live gateways remain",
-)
 def test_pending_rebuild_wraps_to_the_start_of_the_cycle(dataplane: Dataplane) -> None:
     register(dataplane, [1, 1, 1], by_packet=True)
     a, b, c = sorted(dataplane.gateways())
