@@ -297,7 +297,7 @@ class Instance:
         slots = [GatewayCounters() for _ in range(MAX_GATEWAYS)]
         for cpu in range(ncpu):
             data = CpuData.from_buffer(buf, cpu * stride)
-            for name, _ in GlobalCounters._fields_:
+            for name, *_ in GlobalCounters._fields_:
                 mine = getattr(data.global_, name)
                 if name == "reg_rejected":
                     for i in range(len(mine)):

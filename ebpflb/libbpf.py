@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Optional
+from typing import Any, Callable, Optional
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
@@ -103,6 +103,26 @@ def _open_library() -> ctypes.CDLL:
 
 class LibBpf:
     """The loaded library with typed symbols; use the module-level `lib()`."""
+
+    bpf_object__open_file: Callable[..., Any]
+    bpf_object__load: Callable[..., Any]
+    bpf_object__close: Callable[..., Any]
+    bpf_object__find_program_by_name: Callable[..., Any]
+    bpf_object__find_map_by_name: Callable[..., Any]
+    bpf_program__fd: Callable[..., Any]
+    bpf_program__pin: Callable[..., Any]
+    bpf_map__fd: Callable[..., Any]
+    bpf_map__initial_value: Callable[..., Any]
+    bpf_map_lookup_elem: Callable[..., Any]
+    bpf_map_update_elem: Callable[..., Any]
+    bpf_obj_get: Callable[..., Any]
+    bpf_obj_get_info_by_fd: Callable[..., Any]
+    bpf_xdp_attach: Callable[..., Any]
+    bpf_xdp_detach: Callable[..., Any]
+    bpf_xdp_query_id: Callable[..., Any]
+    bpf_prog_test_run_opts: Callable[..., Any]
+    libbpf_num_possible_cpus: Callable[..., Any]
+    libbpf_set_print: Callable[..., Any]
 
     def __init__(self) -> None:
         self._dll = _open_library()
