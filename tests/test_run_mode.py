@@ -276,6 +276,7 @@ def test_udp_wrr_console_script_runs_the_original_command_line(netns: NetNS, pin
     assert_gone(netns, pin_path)
 
 
+@pytest.mark.usefixtures("stale_lock_removed")
 def test_run_on_a_terminal_shows_a_live_table(netns: NetNS, pin_path: str) -> None:
     controller, terminal = pty.openpty()
     proc = netns.popen(
