@@ -170,8 +170,8 @@ def heartbeating(gw: Gateway, weight: int, every: float = 0.1) -> Iterator[None]
 def test_gateway_that_stops_heartbeating_expires(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path, "-e", "1")
     with netns.entered(), gateways(2) as (silent, alive), Sender(4, LOOPBACK[4]) as sender:
-        register_all([silent, alive], [1, 1], pin_path)
         last_heartbeat = time.monotonic()
+        register_all([silent, alive], [1, 1], pin_path)
         with heartbeating(alive, 1):
 
             def silent_gone() -> bool:
@@ -181,7 +181,8 @@ def test_gateway_that_stops_heartbeating_expires(netns: NetNS, pin_path: str) ->
 
             assert wait_until(silent_gone, 4.0, interval=0.1), "the silent gateway never expired"
             expired_after = time.monotonic() - last_heartbeat
-            assert expired_after >= 1.0, f"expired after {expired_after:.2f} s, before the 1 s expiry"
+            # registrations are stamped with the coarse clock, up to a tick (<= 10 ms) behind
+            assert expired_after >= 0.99, f"expired after {expired_after:.3f} s, before the 1 s expiry"
             silent_before, alive_before = silent.count, alive.count
             sender.send(50, cpu=None)
             wait_for_total([alive], alive_before + 50)
@@ -247,7 +248,8 @@ def test_datagrams_without_gateway(netns: NetNS, pin_path: str, drop: bool) -> N
     load(netns, pin_path, *(["--drop-without-gateway"] if drop else []))
     with netns.entered(), Gateway(4, port=SERVICE_PORT) as service, Sender(4, LOOPBACK[4]) as sender:
         sender.send(100, cpu=None)
-        time.sleep(0.05)
+        wait_until(lambda: service.drain() >= 0 and service.count >= 100, 0.5)
+        time.sleep(0.02)
         service.drain()
 
     counters = status_json(netns, pin_path)["counters"]
