@@ -26,7 +26,7 @@ from ebpflb.errors import EbpflbError
 
 from .micro_build import REPO, build_objects
 from .micro_checks import VerificationError
-from .micro_machine import Machine, cpu_ticks, load_average, steal_share
+from .micro_machine import Machine, cpu_report, cpu_ticks, load_average
 from .micro_objects import BenchObjects
 from .micro_packets import udp4_frame
 from .micro_rebuild import run_rebuild_benchmarks
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     cpu = choose_cpu(args.cpu)
     machine = Machine.describe(cpu)
     load_before = load_average()
-    ticks_before = cpu_ticks(cpu)
+    ticks_before = cpu_ticks()
     started = time.monotonic()
     service_frame = udp4_frame(SOURCE_PORT, SERVICE_PORT, PAYLOAD)
     other_frame = udp4_frame(SOURCE_PORT, OTHER_PORT, PAYLOAD)
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     method = method_text(args.rounds, args.round_ms, cpu_time_agreement(groups))
     context = [
         f"Load average {load_before} at the start, {load_average()} at the end (other work shares the machine); "
-        f"steal time on CPU {cpu} during the run: {steal_share(cpu, ticks_before):.1%}.",
+        f"{cpu_report(cpu, ticks_before)}.",
         f"{verified_total(groups):,} datagrams run and verified; run took {time.monotonic() - started:.0f} s "
         f"on {time.strftime('%Y-%m-%d %H:%M %Z')}.",
     ]

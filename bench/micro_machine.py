@@ -89,17 +89,26 @@ class Machine:
         ]
 
 
-def cpu_ticks(cpu: int) -> tuple[int, int]:
-    """(steal, total) clock ticks of one CPU so far, from /proc/stat."""
+def cpu_ticks() -> dict[int, tuple[int, int, int]]:
+    """{cpu: (busy, steal, total)} clock ticks so far, from /proc/stat."""
+    ticks: dict[int, tuple[int, int, int]] = {}
     for line in _read("/proc/stat", "").splitlines():
         fields = line.split()
-        if fields and fields[0] == f"cpu{cpu}":
-            ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
-            return ticks[7], sum(ticks)
-    return 0, 0
+        if fields and fields[0].startswith("cpu") and fields[0] != "cpu":
+            # user nice system idle iowait irq softirq steal
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+            busy = user + nice + system + irq + softirq
+            ticks[int(fields[0][3:])] = (busy, steal, busy + idle + iowait + steal)
+    return ticks
 
 
-def steal_share(cpu: int, before: tuple[int, int]) -> float:
-    """Share of the CPU's time the hypervisor gave to others since `before`."""
-    steal, total = cpu_ticks(cpu)
-    return (steal - before[0]) / max(total - before[1], 1)
+def cpu_report(pinned: int, before: dict[int, tuple[int, int, int]]) -> str:
+    """Steal time on the pinned CPU and how busy the others were since `before`: on this VM a
+    busy sibling vCPU slows every figure about twofold, so a reader needs to know."""
+    now = cpu_ticks()
+
+    def share(cpu: int, index: int) -> float:
+        return (now[cpu][index] - before[cpu][index]) / max(now[cpu][2] - before[cpu][2], 1)
+
+    others = ", ".join(f"CPU {cpu} {share(cpu, 0):.0%}" for cpu in sorted(now) if cpu != pinned and cpu in before)
+    return f"steal time on CPU {pinned}: {share(pinned, 1):.1%}; busy during the run: {others or 'no other CPU'}"
