@@ -36,6 +36,7 @@ class RunProcess:
     def __init__(self, ns: NetNS, *args: str, command: Optional[list[str]] = None) -> None:
         cmd = command if command is not None else [sys.executable, "-m", "ebpflb", "run"]
         self.proc = ns.popen(*cmd, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pin_path = args[args.index("--pin-path") + 1] if "--pin-path" in args else None
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [
@@ -88,6 +89,14 @@ class RunProcess:
                 self.stop(signal.SIGTERM, timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill9()
+                remove_stale_lock(self.pin_path)
+
+
+def remove_stale_lock(pin_path: Optional[str]) -> None:
+    """A killed run leaves its lock file (unlocked); the next run would reuse it."""
+    with contextlib.suppress(FileNotFoundError):
+        if pin_path and running_owner(pin_path) is None:
+            os.unlink(lock_path(pin_path))
 
 
 def run_cli(ns: NetNS, *args: str) -> subprocess.CompletedProcess:
@@ -194,9 +203,7 @@ def stale_lock_removed(pin_path: str) -> Iterator[None]:
     """A killed run leaves its (unlocked) lock file; the next run reuses and removes it, but if the
     test fails before that, remove it here."""
     yield
-    with contextlib.suppress(FileNotFoundError):
-        if running_owner(pin_path) is None:
-            os.unlink(lock_path(pin_path))
+    remove_stale_lock(pin_path)
 
 
 @pytest.mark.parametrize("same_config", [True, False], ids=["same-config", "new-config"])
