@@ -114,8 +114,10 @@ def test_heartbeat_with_new_weight_changes_shares(netns: NetNS, pin_path: str) -
         for gw, weight in zip(gws, new_weights):
             gw.register(weight)
         assert wait_until(
-            lambda: {g.port: g.weight for g in Instance(pin_path).snapshot().gateways}
-            == {gw.port: w for gw, w in zip(gws, new_weights)},
+            lambda: (
+                {g.port: g.weight for g in Instance(pin_path).snapshot().gateways}
+                == {gw.port: w for gw, w in zip(gws, new_weights)}
+            ),
             2.0,
         )
         send_cycles_and_collect(netns, sender, gws, 3, sum(new_weights))
@@ -308,6 +310,20 @@ def test_state_survives_a_control_plane_restart(netns: NetNS, pin_path: str) -> 
     assert_no_udp_losses(netns)
 
 
+def deregister_and_close(gw: Gateway, pin_path: str) -> int:
+    """Removes a gateway (weight 0) and closes its socket the way a careful gateway would;
+    returns how many datagrams still arrived once its removal had settled."""
+    gw.register(0)
+    assert wait_until(lambda: gw.port not in live_ports(pin_path), 1.0)
+    time.sleep(0.005)  # a datagram rewritten just before the removal is delivered by now
+    gw.drain()
+    settled = gw.count
+    time.sleep(0.005)
+    gw.drain()
+    gw.close()
+    return gw.count - settled
+
+
 def test_churn_under_traffic_never_targets_a_dead_port(netns: NetNS, pin_path: str) -> None:
     """Gateways come, change weight, go (weight 0) and close their sockets while a sender
     streams: the kernel's UdpNoPorts proves no datagram went to a port without a socket, and
@@ -324,8 +340,17 @@ def test_churn_under_traffic_never_targets_a_dead_port(netns: NetNS, pin_path: s
             live[gw.port] = gw
             gw.register(rng.randint(1, 50))
         sender = netns.popen(
-            sys.executable, "-m", "tests.traffic", "stream", "--count", str(count), "--rate", str(rate),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            sys.executable,
+            "-m",
+            "tests.traffic",
+            "stream",
+            "--count",
+            str(count),
+            "--rate",
+            str(rate),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             operations = Counter[str]()
@@ -341,15 +366,7 @@ def test_churn_under_traffic_never_targets_a_dead_port(netns: NetNS, pin_path: s
                     operations["weight"] += 1
                 else:
                     gw = live.pop(rng.choice(list(live)))
-                    gw.register(0)
-                    assert wait_until(lambda: gw.port not in live_ports(pin_path), 1.0)
-                    time.sleep(0.005)  # a datagram rewritten just before the removal is delivered by now
-                    gw.drain()
-                    settled = gw.count
-                    time.sleep(0.005)
-                    gw.drain()
-                    late[gw.port] = gw.count - settled
-                    gw.close()
+                    late[gw.port] = deregister_and_close(gw, pin_path)
                     retired.append(gw)
                     operations["remove"] += 1
                 drain_all([fallback, *live.values()])

@@ -39,7 +39,10 @@ pytestmark = pytest.mark.kernel
 
 SENDER_VETH, RECEIVER_VETH = "veth-snd", "veth-rcv"
 # private addresses that exist only on this veth pair, inside the test's own namespaces
-ADDRESSES = {4: ("10.213.0.1", "10.213.0.2", 30), 6: ("fdeb:f1b0::1", "fdeb:f1b0::2", 126)}
+ADDRESSES: dict[int, tuple[str, str, str]] = {
+    4: ("10.213.0.1", "10.213.0.2", "30"),
+    6: ("fdeb:f1b0::1", "fdeb:f1b0::2", "126"),
+}
 SENDER_PORT = 40000
 CSUM_COUNTERS = ["UdpInCsumErrors", "Udp6InCsumErrors"]
 LOSS_COUNTERS = ["UdpNoPorts", "Udp6NoPorts", "UdpRcvbufErrors", "Udp6RcvbufErrors"]
@@ -78,7 +81,17 @@ def veth(netns_factory: Callable[[str], NetNS]) -> Iterator[VethPair]:
         (receiver, RECEIVER_VETH, sender, SENDER_VETH, 0),
     ):
         for addresses in ADDRESSES.values():
-            ns.ip("neigh", "replace", addresses[index], "lladdr", mac_of(peer_ns, peer_if), "dev", ifname, "nud", "permanent")
+            ns.ip(
+                "neigh",
+                "replace",
+                addresses[index],
+                "lladdr",
+                mac_of(peer_ns, peer_if),
+                "dev",
+                ifname,
+                "nud",
+                "permanent",
+            )
     sender.run("ethtool", "-K", SENDER_VETH, "tx", "off", check=True)
     offload = sender.run("ethtool", "-k", SENDER_VETH, check=True).stdout
     assert "tx-checksumming: off" in offload
@@ -154,7 +167,9 @@ def test_rewritten_checksums_verify_in_the_receiving_stack(veth: VethPair, pin_p
             edge_after: set[int] = set()
             for v, sock in sockets.items():
                 for size in (16, 17, 64):
-                    sent[seq] = payload_with_zero_checksum(v, veth.source(v), veth.target(v), SENDER_PORT, only.port, seq, size)
+                    sent[seq] = payload_with_zero_checksum(
+                        v, veth.source(v), veth.target(v), SENDER_PORT, only.port, seq, size
+                    )
                     sock.sendto(sent[seq], (veth.target(v), SERVICE_PORT))
                     edge_after.add(seq)
                     seq += 1
@@ -184,7 +199,9 @@ def test_rewritten_checksums_verify_in_the_receiving_stack(veth: VethPair, pin_p
                 assert u.checksum == expected, f"datagram {s} (IPv{u.version}): {u.checksum:#06x} != {expected:#06x}"
             computed_zero = [u for u in ours if seq_of(u.data) in edge_after]
             assert len(computed_zero) == 6
-            assert all(udp_sum(u.version, u.src, u.dst, u.segment) == 0xFFFF and u.checksum == 0xFFFF for u in computed_zero)
+            assert all(
+                udp_sum(u.version, u.src, u.dst, u.segment) == 0xFFFF and u.checksum == 0xFFFF for u in computed_zero
+            )
 
             counters = status_json(rx, pin_path)["counters"]
             assert counters["service"] == len(sent)

@@ -11,7 +11,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 from typer.testing import CliRunner
@@ -25,6 +25,7 @@ from .traffic import LOOPBACK, Gateway, Sender, cli_ok, wait_for_total, wait_unt
 pytestmark = pytest.mark.kernel
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
 
 @dataclass
 class Running:
@@ -47,7 +48,7 @@ def xdp_prog_id(ns: NetNS, ifname: str = "lo") -> Optional[int]:
     return link.get("xdp", {}).get("prog", {}).get("id")
 
 
-def cli_json_in_process(ns: NetNS, *args: str) -> object:
+def cli_json_in_process(ns: NetNS, *args: str) -> Any:
     """The CLI's own command parsing and JSON output, run in this process inside the namespace:
     the same result as the subprocess, without paying the CLI's start-up for every check."""
     with ns.entered():
@@ -128,7 +129,9 @@ CASES = [
     case("reg-port-70000", ["load", "lo", "--reg-port", "70000", "--pin-path", "{absent}"], "--reg-port 70000"),
     case("ports-equal", ["load", "lo", "--port", "3000", "--pin-path", "{absent}"], "must differ"),
     case("expiry-0", ["load", "lo", "-e", "0", "--pin-path", "{absent}"], "expiry 0.0 s is out of range"),
-    case("mode-bogus", ["load", "lo", "--mode", "bogus", "--pin-path", "{absent}"], "--mode must be auto, native or skb"),
+    case(
+        "mode-bogus", ["load", "lo", "--mode", "bogus", "--pin-path", "{absent}"], "--mode must be auto, native or skb"
+    ),
     case("second-load", ["load", "lo", "--pin-path", "{pin}"], "already loaded"),
     case(
         "second-load-other-options",
@@ -150,7 +153,11 @@ CASES = [
         "no gateway on that port",
         counters={"unknown_gateway": 1},
     ),
-    case("gateways-add-weight-0", ["gateways", "add", "5000", "--weight", "0", "--pin-path", "{pin}"], "weight of at least 1"),
+    case(
+        "gateways-add-weight-0",
+        ["gateways", "add", "5000", "--weight", "0", "--pin-path", "{pin}"],
+        "weight of at least 1",
+    ),
     case("weights-set-port-0", ["weights", "set", "0", "2", "--pin-path", "{pin}"], "port"),
     case("weights-set-weight-65536", ["weights", "set", "{gw0}", "65536", "--pin-path", "{pin}"], "65536"),
     case("gateways-add-port-70000", ["gateways", "add", "70000", "--pin-path", "{pin}"], "70000"),
@@ -225,9 +232,24 @@ def test_stale_pinned_map_is_refused_clearly(netns: NetNS, pin_path: str) -> Non
     leaves the directory and lo as they were."""
     os.makedirs(pin_path)
     subprocess.run(
-        ["bpftool", "map", "create", f"{pin_path}/lb_state", "type", "array", "key", "4", "value", "8",
-         "entries", "1", "name", "lb_state"],
-        check=True, capture_output=True,
+        [
+            "bpftool",
+            "map",
+            "create",
+            f"{pin_path}/lb_state",
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "lb_state",
+        ],
+        check=True,
+        capture_output=True,
     )
     result = netns.ebpflb("load", "lo", "--pin-path", pin_path)
     assert result.returncode != 0
