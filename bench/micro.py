@@ -75,7 +75,9 @@ def method_text(rounds: int, round_ms: float, agreement: float) -> list[str]:
         "tables give the median and quartiles over rounds of the kernel's ns per repetition; differences and "
         "ratios are taken per round between runs made next to each other. The process is pinned to one CPU. "
         "The kernel's figure (whole ns) and the thread's CPU time per repetition agreed within "
-        f"{agreement:.0%} (median per case).",
+        f"{agreement:.0%} (median per case). On a VM, another busy vCPU (a sibling hyperthread, or the host's "
+        "other load) can slow every figure here about twofold; ratios move much less than absolute ns, and the "
+        "Machine section says how busy the other CPUs were during this run.",
         "",
         "**Weight changes.** A gateway among N static ones alternates between two weights, so every operation "
         "changes the table and rebuilds the schedule (one nginx step per gateway per schedule position, "
