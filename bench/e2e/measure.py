@@ -46,6 +46,11 @@ class Point:
     background_after: float = 0.0  # the same, right after the gateways drained
 
     @property
+    def disturbed(self) -> bool:
+        """Other work kept the CPUs busy around this point (the machine may be shared)."""
+        return max(self.background, self.background_after) >= BACKGROUND_LIMIT
+
+    @property
     def delivered(self) -> int:
         return sum(self.per_port.values())
 
@@ -134,17 +139,23 @@ class ConfigResult:
     # Inclusive % of the sender CPU's samples per kernel function (perf), when profiled.
     profile: dict[str, float] = field(default_factory=dict)
 
+    def clean(self, points: list[Point]) -> list[Point]:
+        """The undisturbed points, or all of them if every one was disturbed."""
+        undisturbed = [p for p in points if not p.disturbed]
+        return undisturbed or points
+
     @property
     def saturation(self) -> Point | None:
-        """Median unpaced run by delivered rate."""
-        unpaced = sorted((p for p in self.points if p.target_pps == 0), key=lambda p: p.delivered_pps)
+        """Median unpaced run by delivered rate (undisturbed runs only, when there are any)."""
+        unpaced = sorted(self.clean([p for p in self.points if p.target_pps == 0]),
+                         key=lambda p: p.delivered_pps)
         return unpaced[len(unpaced) // 2] if unpaced else None
 
     @property
     def zero_loss(self) -> Point | None:
         """Highest delivered rate with loss < LOSS_THRESHOLD among the paced points and the
         median unpaced one (not the best unpaced repeat, which would favour noisy systems)."""
-        candidates = [p for p in self.points if p.target_pps > 0] + [self.saturation]
+        candidates = self.clean([p for p in self.points if p.target_pps > 0]) + [self.saturation]
         good = [p for p in candidates if p and p.loss < LOSS_THRESHOLD and p.delivered]
         return max(good, key=lambda p: p.delivered_pps) if good else None
 

@@ -20,6 +20,7 @@ def build_table(results: list[ConfigResult]) -> list[dict]:
             "zero_loss": zl(r), "saturation": sat(r, "delivered_pps"),
             "sat_loss": sat(r, "loss"), "cpu_sat": sat(r, "cpu_ns_per_datagram"),
             "weight_err": r.weight_error_pp(),
+            "disturbed": sum(p.disturbed for p in r.points), "points": len(r.points),
             "zl_vs_ceiling": ratio(zl(r), zl(ceiling)),
             "sat_vs_ceiling": paired_ratio(r, ceiling),
             "zl_vs_ebpflb": ratio(zl(r), zl(reference)),
@@ -33,9 +34,10 @@ def paired_ratio(r: ConfigResult, other: ConfigResult | None) -> float:
     """Median over rounds of the ratio of saturated delivered rates measured back to back."""
     if other is None or r.error:
         return math.nan
-    mine = [p.delivered_pps for p in r.points if p.target_pps == 0]
-    theirs = [p.delivered_pps for p in other.points if p.target_pps == 0]
-    ratios = sorted(a / b for a, b in zip(mine, theirs) if b)
+    pairs = list(zip([p for p in r.points if p.target_pps == 0],
+                     [p for p in other.points if p.target_pps == 0]))
+    clean = [(a, b) for a, b in pairs if not a.disturbed and not b.disturbed] or pairs
+    ratios = sorted(a.delivered_pps / b.delivered_pps for a, b in clean if b.delivered_pps)
     return ratios[len(ratios) // 2] if ratios else math.nan
 
 
@@ -57,7 +59,7 @@ def ratio(a: float, b: float) -> float:
 
 HEADERS = ["system", "N", "zero-loss kpps", "sat. kpps", "sat. loss %", "CPU ns/dgram",
            "weight err pp", "zero-loss/ceiling", "sat/ceiling", "zero-loss/ebpflb", "sat/ebpflb",
-           "CPU/ebpflb"]
+           "CPU/ebpflb", "disturbed"]
 
 
 def cells(row: dict) -> list[str]:
@@ -72,7 +74,7 @@ def cells(row: dict) -> list[str]:
             num(row["cpu_sat"], ".0f"), num(row["weight_err"], ".3f"),
             num(row["zl_vs_ceiling"], ".3f"), num(row["sat_vs_ceiling"], ".3f"),
             num(row["zl_vs_ebpflb"], ".3f"), num(row["sat_vs_ebpflb"], ".3f"),
-            num(row["cpu_vs_ebpflb"], ".2f")]
+            num(row["cpu_vs_ebpflb"], ".2f"), f"{row['disturbed']}/{row['points']}"]
 
 
 def format_text(table: list[dict]) -> str:
@@ -93,6 +95,9 @@ def target_checks(table: list[dict]) -> list[str]:
     for reference_key, others in (("ebpflb-native-veth", ("nftables", "nginx")), ("ebpflb-skb-lo", ())):
         for row in (r for r in table if r["key"] == reference_key and not r["error"]):
             n = row["n"]
+            if math.isnan(row["zl_vs_ceiling"]):
+                lines.append(f"{row['system']}, N={n}: no ceiling measured")
+                continue
             verdict = "met" if row["zl_vs_ceiling"] >= 0.95 else "MISSED"
             lines.append(f"{row['system']}, N={n}: zero-loss {row['zl_vs_ceiling']:.3f} of the ceiling "
                          f"(saturated, paired: {row['sat_vs_ceiling']:.3f}); target >= 0.95 {verdict}")
@@ -177,7 +182,8 @@ def machine_description() -> list[str]:
 def write_markdown(results: list[ConfigResult], table: list[dict], options, skipped: dict,
                    elapsed: float, path: str) -> None:
     import datetime
-    from measure import DRAIN_S, LOSS_THRESHOLD, SATURATION_REPEATS, SWEEP_FRACTIONS
+    from measure import (BACKGROUND_LIMIT, DRAIN_S, LOSS_THRESHOLD, SATURATION_REPEATS,
+                         SWEEP_FRACTIONS)
     lines = [
         "# End-to-end benchmark",
         "",
@@ -232,7 +238,9 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
         "|share_i - w_i/sum(w)| in percentage points, at the zero-loss point. *x/ceiling* and "
         "*x/ebpflb*: zero-loss ratios, and *sat/...* = median over rounds of the ratio of saturated "
         "rates measured back to back. The ceiling is *no LB* of the same topology and N; the ebpflb "
-        "reference is XDP native on veth for veth systems and generic on lo for lo.",
+        "reference is XDP native on veth for veth systems and generic on lo for lo. *disturbed*: "
+        f"points around which other work kept >= {100 * BACKGROUND_LIMIT:g} % of the CPUs busy; "
+        "they are left out of medians, zero-loss and pairs whenever undisturbed ones exist.",
         "",
         "## Results",
         "",
