@@ -16,6 +16,7 @@ keep the kernel's schedule one exact cycle (sum / gcd <= 4096) and avoid needles
 """
 
 import argparse
+import signal
 import socket
 import struct
 import time
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=1.0, help="simulated work per datagram (default 1 ms)")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between weight updates (default 1)")
     args = parser.parse_args()
+    # `kill` (SIGTERM) leaves like Ctrl-C does: through the `with` block, which deregisters
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     with Gateway(port=args.port, weight=args.weight) as gw:
         print(f"gateway on port {gw.port} registered with weight {gw.weight}", flush=True)

@@ -8,6 +8,7 @@
 """
 
 import argparse
+import signal
 
 from ebpflb.gateway import Gateway
 
@@ -17,6 +18,8 @@ def main() -> None:
     parser.add_argument("port", type=int, help="UDP port to receive service datagrams on")
     parser.add_argument("weight", type=int, nargs="?", default=1, help="weight, 1-65535 (default 1)")
     args = parser.parse_args()
+    # `kill` (SIGTERM) leaves like Ctrl-C does: through the `with` block, which deregisters
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     # Binds 127.0.0.1:PORT, registers from that socket and heartbeats every second;
     # leaving the block (or the process exiting) deregisters with weight 0.

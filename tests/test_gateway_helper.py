@@ -221,9 +221,9 @@ def start_example(ns: NetNS, *args: str) -> subprocess.Popen:
     return ns.popen(sys.executable, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def interrupt(proc: subprocess.Popen) -> str:
-    """Ctrl-C, then everything the example printed after its first line."""
-    proc.send_signal(signal.SIGINT)
+def interrupt(proc: subprocess.Popen, signum: int = signal.SIGINT) -> str:
+    """Ctrl-C (or `kill`), then everything the example printed after its first line."""
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=10)
     return out
 
@@ -266,8 +266,8 @@ def test_adaptive_example_weights_follow_capacity(netns: NetNS, pin_path: str) -
         settled = weights(netns, pin_path)
         assert settled[7001] < 100 or settled[7002] < 100, f"no weight moved: {settled}"
         assert settled[7001] > 2 * settled[7002], f"the 4x slower gateway is not weighted well below: {settled}"
-        for proc in (fast, slow):
-            assert interrupt(proc).strip().endswith("deregistered")
+        for proc, signum in ((fast, signal.SIGINT), (slow, signal.SIGTERM)):
+            assert interrupt(proc, signum).strip().endswith("deregistered")
         assert weights(netns, pin_path) == {}
     finally:
         for proc in (fast, slow):
