@@ -28,14 +28,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_percpu SEC(".maps");
 
-/* Working memory of the single schedule builder. Loop state lives here, not on the stack,
- * so the verifier sees it as unknown and checks each loop body once. */
+/* Working memory of the single schedule builder (too large for the stack). */
 struct build_scratch {
 	__u32 n;			/* live gateways copied below, in slot order */
-	__u32 t;			/* schedule position being filled */
-	__u32 i;			/* gateway being stepped at that position */
-	__u32 best;			/* gateway with the largest current weight so far */
-	__s64 best_current;
+	__u32 best;			/* the step's winner so far (kept out of the verifier's view) */
 	__u64 total;			/* sum of their weights */
 	__u64 gcd;
 	__u16 slot[MAX_GATEWAYS];

@@ -51,29 +51,32 @@ static long snapshot_step(__u64 slot, struct build_ctx *c)
 	return 0;
 }
 
-/* One gateway of one nginx step, flattened so the verifier checks the body once: every
- * gateway gains its weight, the largest (first on ties) is picked and pays back the total. */
-static long swrr_step(__u64 k, struct build_ctx *c)
+/* One nginx step: every gateway gains its weight, the largest (first on ties) is picked
+ * and pays back the total. The winner is kept in map memory, not a register, so the
+ * verifier does not track its value and checks the bounded loop in one pass per gateway. */
+static long swrr_step(__u64 t, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
-	__u32 i = s->i & (MAX_GATEWAYS - 1), best;
-	__s64 current = s->current[i] + s->weight[i];
+	__s64 best_current = 0;
+	__u32 n = s->n, best;
 
-	s->current[i] = current;
-	if (i == 0 || current > s->best_current) {
-		s->best_current = current;
-		s->best = i;
-	}
-	if (i + 1 < s->n) {
-		s->i = i + 1;
-		return 0;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < MAX_GATEWAYS; i++) {
+		__s64 current;
+
+		if (i >= n)
+			break;
+		current = s->current[i] + s->weight[i];
+		s->current[i] = current;
+		if (i == 0 || current > best_current) {
+			best_current = current;
+			s->best = i;
+		}
 	}
 	best = s->best & (MAX_GATEWAYS - 1);
 	s->current[best] -= s->total;
-	c->out->entry[s->t & (SCHED_SIZE - 1)].slot = s->slot[best];
-	c->out->entry[s->t & (SCHED_SIZE - 1)].port = s->port[best];
-	s->t++;
-	s->i = 0;
+	c->out->entry[t & (SCHED_SIZE - 1)].slot = s->slot[best];
+	c->out->entry[t & (SCHED_SIZE - 1)].port = s->port[best];
 	return 0;
 }
 
@@ -99,10 +102,8 @@ static __always_inline __u32 build_and_publish(struct lb_state *st, struct build
 	len = s->gcd ? s->total / s->gcd : 0;
 	if (len > SCHED_SIZE)
 		len = SCHED_SIZE;
-	s->t = 0;
-	s->i = 0;
-	bpf_loop(len * s->n, swrr_step, &c, 0);
-	c.out->len = s->t;
+	bpf_loop(len, swrr_step, &c, 0);
+	c.out->len = len;
 	c.out->gen = __sync_add_and_fetch(&st->schedule_gen, 1);
 	/* full barrier: the schedule's contents are visible before it becomes active */
 	__sync_lock_test_and_set(&st->active, next);
