@@ -17,6 +17,7 @@ from .netns import REPO
 pytestmark = pytest.mark.kernel
 
 DEMO = [sys.executable, "-m", "ebpflb.demo"]
+BPFFS = "/sys/fs/bpf"
 ANSI = re.compile(r"\x1b\[")
 SHARE = re.compile(r"^  gateway (\d+)  weight\s+(\d+)  target\s+([\d.]+)%  measured\s+([\d.]+)%$")
 PHASE = re.compile(r"^phase (\d): .*\((\d+\.\d) s, (\d+) datagrams balanced\)$")
@@ -99,8 +100,14 @@ def test_demo_piped_balances_by_weight_expires_and_cleans_up(bpffs: str) -> None
     assert sent > 20000 and received == sent and lost == 0
 
 
-def test_demo_ctrl_c_removes_everything(bpffs: str) -> None:
-    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+def test_demo_without_bpffs_mounts_it_and_ctrl_c_removes_everything(bpffs: str) -> None:
+    """As on a fresh machine: no bpffs (in a private mount namespace of the demo's own), then
+    Ctrl-C in the middle of the show."""
+    no_bpffs = f"umount {BPFFS} 2>/dev/null; mountpoint -q {BPFFS} && exit 3; exec " + " ".join(DEMO)
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", no_bpffs],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -108,8 +115,10 @@ def test_demo_ctrl_c_removes_everything(bpffs: str) -> None:
             lines.append(line.rstrip("\n"))
             if "phase 1:" in line:  # the show is running: gateways, namespace and pins all exist
                 break
+        assert f"mounted bpffs at {BPFFS}" in lines, lines
         ns, pins, pids = created_things(lines)
-        assert os.path.exists(pins) and all(alive(pid) for pid in pids)
+        # the pins live in the demo's own bpffs mount: look through its root
+        assert os.path.exists(f"/proc/{proc.pid}/root{pins}") and all(alive(pid) for pid in pids)
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=30)
     finally:
@@ -118,5 +127,6 @@ def test_demo_ctrl_c_removes_everything(bpffs: str) -> None:
             proc.wait()
     assert proc.returncode == 130, err
     lines += rest.splitlines()
+    assert f"cleanup: unmounted {BPFFS} (the demo had mounted it)" in lines
     assert "cleanup: left behind: nothing" in lines
     assert_nothing_left(ns, pins, pids)
