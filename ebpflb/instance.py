@@ -14,7 +14,17 @@ from typing import Iterator, Optional
 
 from . import libbpf
 from .errors import EbpflbError
-from .layout import MAX_GATEWAYS, CpuData, CtlArgs, CtlOp, GatewayCounters, GlobalCounters, LbConfig, LbState, RejectReason
+from .layout import (
+    MAX_GATEWAYS,
+    CpuData,
+    CtlArgs,
+    CtlOp,
+    GatewayCounters,
+    GlobalCounters,
+    LbConfig,
+    LbState,
+    RejectReason,
+)
 from .object_file import CONFIG_SECTION, CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM, object_path
 from .system import LOOPBACK_IFINDEX, ifindex_of, ifname_of, interfaces, require_bpffs, require_root
 

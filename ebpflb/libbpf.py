@@ -256,7 +256,9 @@ def xdp_query_id(ifindex: int, flags: int) -> int:
     return prog.value
 
 
-def test_run(prog_fd: int, data: bytes, repeat: int = 1, ctx: Optional[ctypes.Structure] = None) -> tuple[int, bytes, int]:
+def test_run(
+    prog_fd: int, data: bytes, repeat: int = 1, ctx: Optional[ctypes.Structure] = None
+) -> tuple[int, bytes, int]:
     """Runs a packet program `repeat` times on data; returns (verdict, data out, ns per run)."""
     opts = BpfTestRunOpts(sz=ctypes.sizeof(BpfTestRunOpts), repeat=repeat)
     data_in = ctypes.create_string_buffer(data, len(data))

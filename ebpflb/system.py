@@ -33,7 +33,9 @@ def _is_bpffs(path: str) -> bool:
         for line in mounts:
             left, _, right = line.partition(" - ")
             mount_point = left.split()[4]
-            if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+            if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(
+                best
+            ):
                 best, fstype = mount_point, right.split()[0]
     return fstype == "bpf"
 
