@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.live import Live
@@ -193,7 +193,10 @@ class Demo:
                 raise DemoSetupError(f"gateway {gw.port} did not start (pid {gw.proc.pid})")
         self._wait_for(lambda: set(self.kernel_weights()) == {p for p, _ in GATEWAYS}, 5, "the gateways to register")
         for gw, (_, weight) in zip(self.gateways, GATEWAYS):
-            self.say(f"started gateway process {gw.proc.pid} on port {gw.port}, weight {weight}, heartbeat every {HEARTBEAT_S:g} s")
+            self.say(
+                f"started gateway process {gw.proc.pid} on port {gw.port}, weight {weight}, "
+                f"heartbeat every {HEARTBEAT_S:g} s"
+            )
         self.say(
             f"watch it from another terminal: nsenter --net={ns.path} ebpflb gateways --pin-path {self.pin_path}"
         )
@@ -258,10 +261,16 @@ class Demo:
         live: Optional[Live] = None
         if self.live_mode:
             live = stack.enter_context(Live(console=self.console, refresh_per_second=8, transient=False))
-        self.event(f"streaming {RATE_PER_S} datagrams/s to 127.0.0.1:{SERVICE_PORT}; gateways 7001-7003 with weights 1, 2, 3", live)
+        self.event(
+            f"streaming {RATE_PER_S} datagrams/s to 127.0.0.1:{SERVICE_PORT}; "
+            "gateways 7001-7003 with weights 1, 2, 3",
+            live,
+        )
 
         raised = silenced = False
-        silenced_at = expired_at = None
+        silenced_at = 0.0
+        expired_at: Optional[float] = None
+        expiry_line = ""
         next_plain = PLAIN_EVERY_S
         previous = (0.0, packets)
         while True:
@@ -276,13 +285,18 @@ class Demo:
                 raised = True
                 weights, packets = self.kernel_packets()
                 now = time.monotonic() - self.t0
-                phases.append(Phase(2, f"gateway {RAISED_PORT} raised its weight to {RAISED_WEIGHT}", weights, now, packets))
-                self.event(f"gateway {RAISED_PORT} sets gw.weight = {RAISED_WEIGHT}: a heartbeat carries it at once", live)
+                title = f"gateway {RAISED_PORT} raised its weight to {RAISED_WEIGHT}"
+                phases.append(Phase(2, title, weights, now, packets))
+                self.event(
+                    f"gateway {RAISED_PORT} sets gw.weight = {RAISED_WEIGHT}: a heartbeat carries it at once", live
+                )
             elif raised and not silenced and now >= SILENCE_AT_S:
                 self.by_port(SILENT_PORT).command("silence")
                 self.by_port(SILENT_PORT).state = "silent"
                 silenced, silenced_at = True, now
-                self.event(f"gateway {SILENT_PORT} stops heartbeating (it keeps receiving until ebpflb expires it)", live)
+                self.event(
+                    f"gateway {SILENT_PORT} stops heartbeating (it keeps receiving until ebpflb expires it)", live
+                )
             elif silenced and expired_at is None:
                 if SILENT_PORT not in weights:
                     expired_at = now
@@ -291,13 +305,17 @@ class Demo:
                     phase.end_s, phase.end_packets = previous
                     self.by_port(SILENT_PORT).state = "expired"
                     phases.append(Phase(3, f"gateway {SILENT_PORT} expired", weights, now, packets))
-                    assert silenced_at is not None
+                    expiry_line = (
+                        f"expiry: gateway {SILENT_PORT} stopped heartbeating at {silenced_at:.1f} s and expired "
+                        f"{now - silenced_at:.1f} s later "
+                        f"(expiry time {EXPIRY_S:g} s, heartbeat every {HEARTBEAT_S:g} s)"
+                    )
                     self.event(
                         f"gateway {SILENT_PORT} expired {now - silenced_at:.1f} s after its heartbeats stopped; "
                         "its share goes to the others",
                         live,
                     )
-                elif now - silenced_at > EXPIRY_TIMEOUT_S:  # type: ignore[operator]
+                elif now - silenced_at > EXPIRY_TIMEOUT_S:
                     raise DemoSetupError(f"gateway {SILENT_PORT} did not expire within {EXPIRY_TIMEOUT_S:g} s")
             elif expired_at is not None and now >= expired_at + RUN_AFTER_EXPIRY_S:
                 phases[-1].end_s, phases[-1].end_packets = now, packets
@@ -319,10 +337,6 @@ class Demo:
         time.sleep(0.2)  # the last datagrams reach their sockets
         self._stop_gateways()
         received = sum(gw.final or 0 for gw in self.gateways)
-        expiry_line = (
-            f"expiry: gateway {SILENT_PORT} stopped heartbeating at {silenced_at:.1f} s and expired "
-            f"{expired_at - silenced_at:.1f} s later (expiry time {EXPIRY_S:g} s, heartbeat every {HEARTBEAT_S:g} s)"
-        )
         return Outcome(phases, expiry_line, sender.sent, received)
 
     def by_port(self, port: int) -> GatewayProcess:
@@ -368,10 +382,10 @@ class Demo:
 class CleanupStack(contextlib.ExitStack):
     """Unwinds with Ctrl-C and termination ignored, so a second Ctrl-C cannot cut cleanup short."""
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: Any) -> bool:
         handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
-            return super().__exit__(*exc)  # type: ignore[arg-type]
+            return bool(super().__exit__(*exc))
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)

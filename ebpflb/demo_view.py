@@ -125,7 +125,8 @@ def plain_line(frame: Frame) -> str:
         if row.kernel_weight is None:
             cells.append(f"{row.port} {row.state}")
         else:
-            cells.append(f"{row.port} w{row.kernel_weight} {percent(row.share).strip()} (target {percent(row.target).strip()})")
+            share, target = percent(row.share).strip(), percent(row.target).strip()
+            cells.append(f"{row.port} w{row.kernel_weight} {share} (target {target})")
     return f"[{frame.elapsed_s:5.1f} s] phase {frame.phase.number}: " + " | ".join(cells) + f" | sent {frame.sent}"
 
 

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -132,7 +132,7 @@ def age_gateways(state_pin: str, ages_s: dict[int, float]) -> None:
         os.close(fd)
 
 
-def bpftool_json(ns: NetNS, *args: str) -> object:
+def bpftool_json(ns: NetNS, *args: str) -> Any:
     done = ns.run("bpftool", "-j", *args, check=True)
     return json.loads(done.stdout)
 
@@ -142,11 +142,11 @@ def state_map_of_lo(ns: NetNS, bpffs: str) -> Iterator[str]:
     """Pins the lb_state map of the program xdp-loader attached to lo (found by id), for the
     test's own access; the program does not know or care. Unpinned after."""
     links = bpftool_json(ns, "net", "show", "dev", "lo")
-    prog_ids = [x["id"] for entry in links for x in entry.get("xdp", []) if x.get("devname") == "lo"]  # type: ignore[union-attr]
+    prog_ids = [x["id"] for entry in links for x in entry.get("xdp", []) if x.get("devname") == "lo"]
     assert len(prog_ids) == 1, links
     prog = bpftool_json(ns, "prog", "show", "id", str(prog_ids[0]))
-    maps = [bpftool_json(ns, "map", "show", "id", str(i)) for i in prog["map_ids"]]  # type: ignore[index]
-    state_ids = [m["id"] for m in maps if m["name"] == "lb_state"]  # type: ignore[index]
+    maps = [bpftool_json(ns, "map", "show", "id", str(i)) for i in prog["map_ids"]]
+    state_ids = [m["id"] for m in maps if m["name"] == "lb_state"]
     assert len(state_ids) == 1, maps
     pin = f"{bpffs}/ebpflb-xdp-loader-probe-{uuid.uuid4().hex[:12]}"
     ns.run("bpftool", "map", "pin", "id", str(state_ids[0]), pin, check=True)
@@ -199,7 +199,8 @@ def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: s
 
             gws[0].register(4)  # a heartbeat with a new weight
             gws[2].register(0)  # leaves at once
-            assert {p: r["weight"] for p, r in gateways_json(netns, pin_dir).items()} == {gws[0].port: 4, gws[1].port: 2}
+            weights = {p: r["weight"] for p, r in gateways_json(netns, pin_dir).items()}
+            assert weights == {gws[0].port: 4, gws[1].port: 2}
             assert counts_after(sender, gws, 60) == [40, 20, 0]
 
             cli_ok(netns, "weights", "set", str(gws[1].port), "4", "--pin-path", pin_dir)
