@@ -262,8 +262,7 @@ class Demo:
         if self.live_mode:
             live = stack.enter_context(Live(console=self.console, refresh_per_second=8, transient=False))
         self.event(
-            f"streaming {RATE_PER_S} datagrams/s to 127.0.0.1:{SERVICE_PORT}; "
-            "gateways 7001-7003 with weights 1, 2, 3",
+            f"streaming {RATE_PER_S} datagrams/s to 127.0.0.1:{SERVICE_PORT}",
             live,
         )
 
@@ -288,14 +287,14 @@ class Demo:
                 title = f"gateway {RAISED_PORT} raised its weight to {RAISED_WEIGHT}"
                 phases.append(Phase(2, title, weights, now, packets))
                 self.event(
-                    f"gateway {RAISED_PORT} sets gw.weight = {RAISED_WEIGHT}: a heartbeat carries it at once", live
+                    f"gateway {RAISED_PORT} sets gw.weight = {RAISED_WEIGHT} (a heartbeat sends it at once)", live
                 )
             elif raised and not silenced and now >= SILENCE_AT_S:
                 self.by_port(SILENT_PORT).command("silence")
                 self.by_port(SILENT_PORT).state = "silent"
                 silenced, silenced_at = True, now
                 self.event(
-                    f"gateway {SILENT_PORT} stops heartbeating (it keeps receiving until ebpflb expires it)", live
+                    f"gateway {SILENT_PORT} stops heartbeating (and keeps receiving)", live
                 )
             elif silenced and expired_at is None:
                 if SILENT_PORT not in weights:
@@ -311,8 +310,7 @@ class Demo:
                         f"(expiry time {EXPIRY_S:g} s, heartbeat every {HEARTBEAT_S:g} s)"
                     )
                     self.event(
-                        f"gateway {SILENT_PORT} expired {now - silenced_at:.1f} s after its heartbeats stopped; "
-                        "its share goes to the others",
+                        f"gateway {SILENT_PORT} expired {now - silenced_at:.1f} s later; its share goes to the rest",
                         live,
                     )
                 elif now - silenced_at > EXPIRY_TIMEOUT_S:
@@ -324,7 +322,7 @@ class Demo:
 
             frame = self.frame(now, phases[-1], weights, packets, sender.sent, raised, silenced, expired_at)
             if live is not None:
-                live.update(render(frame))
+                live.update(render(frame, self.console.width))
             elif now >= next_plain:
                 self.say(plain_line(frame))
                 next_plain += PLAIN_EVERY_S
@@ -332,7 +330,8 @@ class Demo:
 
         sender.stop()
         if live is not None:
-            live.update(render(self.frame(now, phases[-1], weights, packets, sender.sent, True, True, expired_at)))
+            final = self.frame(now, phases[-1], weights, packets, sender.sent, True, True, expired_at)
+            live.update(render(final, self.console.width))
             live.stop()
         time.sleep(0.2)  # the last datagrams reach their sockets
         self._stop_gateways()
@@ -358,7 +357,6 @@ class Demo:
         rows = [
             Row(
                 port=gw.port,
-                pid=gw.proc.pid,
                 state=gw.state,
                 kernel_weight=weights.get(gw.port),
                 target=weights[gw.port] / total_weight if gw.port in weights else None,
@@ -375,7 +373,7 @@ class Demo:
             upcoming = f"gateway {SILENT_PORT} expires once {EXPIRY_S:g} s pass without a heartbeat"
         else:
             upcoming = f"the demo ends at {expired_at + RUN_AFTER_EXPIRY_S:.0f} s and cleans up"
-        headline = f"namespace {self.name} · lo, XDP generic · service port {SERVICE_PORT} · expiry {EXPIRY_S:g} s"
+        headline = f"namespace {self.name} · lo · service port {SERVICE_PORT} · expiry {EXPIRY_S:g} s"
         return Frame(now, headline, phase, rows, sent, self.events, upcoming)
 
 

@@ -11,13 +11,13 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-BAR_WIDTH = 28
+BAR_MAX, BAR_MIN = 28, 8
+OTHER_COLUMNS_WIDTH = 60  # everything in a table row but the bar
 
 
 @dataclass
 class Row:
     port: int
-    pid: int
     state: str  # "live", "silent", "expired", "stopped"
     kernel_weight: Optional[int]  # None: not in the kernel's table
     target: Optional[float]  # weight share, 0-1
@@ -66,14 +66,14 @@ def percent(value: Optional[float]) -> str:
 STATE_STYLE = {"live": "green", "silent": "yellow", "expired": "red", "stopped": "dim"}
 
 
-def share_bar(share: Optional[float], target: Optional[float]) -> Text:
+def share_bar(share: Optional[float], target: Optional[float], width: int) -> Text:
     """A bar of the measured share with a tick where the weight says it should end."""
     if share is None:
         return Text("")
-    filled = round(share * BAR_WIDTH)
-    tick = None if target is None else min(BAR_WIDTH - 1, round(target * BAR_WIDTH))
+    filled = round(share * width)
+    tick = None if target is None else min(width - 1, round(target * width))
     text = Text()
-    for i in range(BAR_WIDTH):
+    for i in range(width):
         if i == tick:
             text.append("│", style="bold white")
         elif i < filled:
@@ -84,31 +84,30 @@ def share_bar(share: Optional[float], target: Optional[float]) -> Text:
     return text
 
 
-def render(frame: Frame) -> RenderableType:
+def render(frame: Frame, console_width: int) -> RenderableType:
+    bar_width = max(BAR_MIN, min(BAR_MAX, console_width - OTHER_COLUMNS_WIDTH))
     title = Text.assemble(("ebpflb demo", "bold cyan"), "  ", (frame.headline, "dim"))
     table = Table(
         title=f"phase {frame.phase.number}: {frame.phase.title}",
         title_justify="left",
         title_style="bold",
         box=box.ROUNDED,
-        caption=f"{frame.elapsed_s:5.1f} s · {frame.sent} datagrams sent to the service port",
+        caption=f"{frame.elapsed_s:5.1f} s · {frame.sent} datagrams sent to the service port · │ = target",
         caption_justify="left",
     )
-    table.add_column("gateway", justify="right")
-    table.add_column("pid", justify="right", style="dim")
-    table.add_column("state")
-    table.add_column("weight", justify="right")
-    table.add_column("weight share", justify="right")
-    table.add_column("packet share this phase (│ = weight share)")
-    table.add_column("received total", justify="right")
+    table.add_column("port", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("weight", justify="right", no_wrap=True)
+    table.add_column("target", justify="right", no_wrap=True)
+    table.add_column("share this phase", no_wrap=True, min_width=bar_width + 8)
+    table.add_column("received", justify="right", no_wrap=True)
     for row in frame.rows:
         table.add_row(
             str(row.port),
-            str(row.pid),
             Text(row.state, style=STATE_STYLE.get(row.state, "")),
             "-" if row.kernel_weight is None else str(row.kernel_weight),
             percent(row.target),
-            share_bar(row.share, row.target),
+            share_bar(row.share, row.target, bar_width),
             str(row.received),
         )
     events = Text()
