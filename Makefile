@@ -9,7 +9,7 @@ BPF_SRCS := $(wildcard kernel/*.c kernel/*.h) vmlinux.h
 # Paths are made relative so the object is byte-identical wherever it is built.
 BPF_CFLAGS := -g -O2 -Wall -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
 	-fdebug-prefix-map=$(CURDIR)=. -I. -Ikernel
-DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool xdp-tools iproute2 ethtool
+DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool xdp-tools iproute2 ethtool socat
 
 .PHONY: all check-object deps venv test bench bench-e2e demo clean
 
