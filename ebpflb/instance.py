@@ -230,12 +230,16 @@ class Instance:
             raise EbpflbError(f"nothing is loaded at {self.pin_path}: pass the --pin-path that `ebpflb load` used")
         with self._locked(create=False):
             attached = self.attachments()
-            if attached:
+            if attached and os.path.exists(self.pin(XDP_PROGRAM)):
                 fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
                 try:
                     self._detach(attached, fd)
                 finally:
                     os.close(fd)
+            elif attached:  # loaded by xdp-loader -p: found through the state map, not a program pin
+                for a in attached:
+                    with contextlib.suppress(OSError):
+                        libbpf.xdp_detach(a.ifindex, MODES[a.mode])
             self._remove_pins()
         return attached
 
@@ -244,7 +248,7 @@ class Instance:
         try:
             fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
         except OSError:
-            return []
+            return self._foreign_attachments()
         try:
             ours = libbpf.prog_id(fd)
         finally:
@@ -254,6 +258,26 @@ class Instance:
             for mode, flag in MODES.items():
                 if self._query(index, flag) == ours:
                     found.append(Attachment(name, index, mode))
+        return found
+
+    def _foreign_attachments(self) -> list[Attachment]:
+        """An instance loaded by another loader (xdp-loader -p DIR) pins maps, not the program:
+        find the XDP programs that use this instance's state map."""
+        try:
+            fd = libbpf.obj_get(self.pin(PINNED_MAPS[0]))
+        except OSError:
+            return []
+        try:
+            state_id = libbpf.obj_id(fd)
+        finally:
+            os.close(fd)
+        found = []
+        for index, name in interfaces():
+            for mode, flag in MODES.items():
+                prog = self._query(index, flag)
+                with contextlib.suppress(OSError):
+                    if prog and state_id in libbpf.prog_map_ids(prog):
+                        found.append(Attachment(name, index, mode))
         return found
 
     # ---------------------------------------------------------------- state

@@ -81,6 +81,7 @@ _SIGNATURES = {
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]),
     "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_prog_get_fd_by_id": (ctypes.c_int, [ctypes.c_uint32]),
     "bpf_xdp_attach": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
     "bpf_xdp_detach": (ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
     "bpf_xdp_query_id": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]),
@@ -117,6 +118,7 @@ class LibBpf:
     bpf_map_update_elem: Callable[..., Any]
     bpf_obj_get: Callable[..., Any]
     bpf_obj_get_info_by_fd: Callable[..., Any]
+    bpf_prog_get_fd_by_id: Callable[..., Any]
     bpf_xdp_attach: Callable[..., Any]
     bpf_xdp_detach: Callable[..., Any]
     bpf_xdp_query_id: Callable[..., Any]
@@ -229,12 +231,47 @@ def map_lookup(fd: int, key: int, value: ctypes.Array | ctypes.Structure) -> Non
     check(ret, "map lookup")
 
 
-def prog_id(fd: int) -> int:
-    """The kernel id of the program behind fd (struct bpf_prog_info: type, id, ...)."""
+class BpfProgInfoHead(ctypes.Structure):
+    """The leading fields of struct bpf_prog_info (uapi, append-only); the kernel fills the rest
+    of a larger zeroed buffer only up to the size passed."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+    ]
+
+
+def obj_id(fd: int) -> int:
+    """The kernel id of the program or map behind fd (both info structs start: type, id)."""
     info = (ctypes.c_uint32 * 64)()
     size = ctypes.c_uint32(ctypes.sizeof(info))
-    check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "program info")
+    check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "object info")
     return int(info[1])
+
+
+prog_id = obj_id
+
+
+def prog_map_ids(program_id: int) -> list[int]:
+    """Ids of the maps a loaded program uses."""
+    fd = check(lib().bpf_prog_get_fd_by_id(program_id), f"open program {program_id}")
+    try:
+        ids = (ctypes.c_uint32 * 64)()
+        info = BpfProgInfoHead(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), "program info")
+        return list(ids[: min(info.nr_map_ids, len(ids))])
+    finally:
+        os.close(fd)
 
 
 def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: Optional[int] = None) -> None:
