@@ -63,8 +63,19 @@ class GatewayProcess:
         self.final: Optional[int] = None
         self.registered = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ebpflb.demo_gateway", "--port", str(port), "--weight", str(weight),
-             "--interval", str(HEARTBEAT_S), "--reg-port", str(REG_PORT)],
+            [
+                sys.executable,
+                "-m",
+                "ebpflb.demo_gateway",
+                "--port",
+                str(port),
+                "--weight",
+                str(weight),
+                "--interval",
+                str(HEARTBEAT_S),
+                "--reg-port",
+                str(REG_PORT),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -197,9 +208,7 @@ class Demo:
                 f"started gateway process {gw.proc.pid} on port {gw.port}, weight {weight}, "
                 f"heartbeat every {HEARTBEAT_S:g} s"
             )
-        self.say(
-            f"watch it from another terminal: nsenter --net={ns.path} ebpflb gateways --pin-path {self.pin_path}"
-        )
+        self.say(f"watch it from another terminal: nsenter --net={ns.path} ebpflb gateways --pin-path {self.pin_path}")
 
     def _unmount_bpffs(self) -> None:
         if unmount_bpffs_if_empty():
@@ -293,9 +302,7 @@ class Demo:
                 self.by_port(SILENT_PORT).command("silence")
                 self.by_port(SILENT_PORT).state = "silent"
                 silenced, silenced_at = True, now
-                self.event(
-                    f"gateway {SILENT_PORT} stops heartbeating (and keeps receiving)", live
-                )
+                self.event(f"gateway {SILENT_PORT} stops heartbeating (and keeps receiving)", live)
             elif silenced and expired_at is None:
                 if SILENT_PORT not in weights:
                     expired_at = now

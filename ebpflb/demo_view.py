@@ -150,8 +150,7 @@ def print_summary(
         shares, total = phase.shares(phase.end_packets)
         targets = phase.targets()
         console.print(
-            f"phase {phase.number}: {phase.title} "
-            f"({phase.end_s - phase.start_s:.1f} s, {total} datagrams balanced)",
+            f"phase {phase.number}: {phase.title} ({phase.end_s - phase.start_s:.1f} s, {total} datagrams balanced)",
             highlight=False,
         )
         for port in sorted(phase.weights):

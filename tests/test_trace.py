@@ -67,7 +67,7 @@ def finish(proc: subprocess.Popen, timeout: float = 30.0) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"trace did not stop: {out} {err}")
+        raise AssertionError(f"trace did not stop: {out} {err}") from None
     assert proc.returncode == 0, err
     return out, err
 
