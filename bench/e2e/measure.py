@@ -88,17 +88,18 @@ class Point:
 
 
 def measure_point(ctx: Context, balancer: Balancer, gateways: Gateways, sender: str,
-                  rate: float, seconds: float, options: Options) -> Point:
-    """Measure once; redo if the machine was busy with something else right after it."""
+                  rate: float, seconds: float, options: Options, around_send=None) -> Point:
+    """Measure once; redo if the machine was busy with something else right after it.
+    around_send: optional (start, stop) callables run right before and after the sender."""
     for _attempt in range(MAX_RETRIES + 1):
-        point = measure_once(ctx, balancer, gateways, sender, rate, seconds, options)
+        point = measure_once(ctx, balancer, gateways, sender, rate, seconds, options, around_send)
         if point.background_after < BACKGROUND_LIMIT or QUIET_WAIT_BUDGET_S[0] <= 0:
             break
     return point
 
 
 def measure_once(ctx: Context, balancer: Balancer, gateways: Gateways, sender: str,
-                 rate: float, seconds: float, options: Options) -> Point:
+                 rate: float, seconds: float, options: Options, around_send=None) -> Point:
     dst, port = balancer.destination(ctx)
     waited_from = time.time()
     background = cpu.wait_for_quiet(max_wait_s=min(5.0, QUIET_WAIT_BUDGET_S[0]))
@@ -106,8 +107,14 @@ def measure_once(ctx: Context, balancer: Balancer, gateways: Gateways, sender: s
     before = gateways.counts()
     udp_before = cpu.udp_counters(gateways.pid)
     busy_before = cpu.busy_ns()
-    result = run_sender(sender, ctx.sender_ns, dst, port, rate, seconds, options.payload,
-                        options.sender_cpu, options.batch)
+    if around_send:
+        around_send[0]()
+    try:
+        result = run_sender(sender, ctx.sender_ns, dst, port, rate, seconds, options.payload,
+                            options.sender_cpu, options.batch)
+    finally:
+        if around_send:
+            around_send[1]()
     time.sleep(DRAIN_S)
     busy_after = cpu.busy_ns()
     after = gateways.counts()

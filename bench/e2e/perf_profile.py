@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
-from typing import Callable
 
 # Kernel functions whose inclusive share tells what a balancer adds to the datagram path.
 SYMBOLS = {
@@ -25,22 +25,36 @@ def available() -> bool:
     return shutil.which("perf") is not None
 
 
-def profile(run_point: Callable[[], None], cpu: int, comms: tuple[str, ...], seconds: float,
-            scratch: str) -> dict[str, float]:
-    """Record CPU `cpu` while run_point() sends; inclusive % of samples of `comms` per symbol."""
-    data = os.path.join(scratch, "perf.data")
-    recorder = subprocess.Popen(["perf", "record", "-q", "-C", str(cpu), "-g", "-o", data,
-                                 "--", "sleep", str(seconds)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        run_point()
-    finally:
-        recorder.wait(timeout=seconds + 30)
-    report = subprocess.run(
-        ["perf", "report", "-i", data, "--comm", ",".join(comms), "--percentage", "relative",
-         "--children", "--sort", "sym", "--stdio", "-g", "none"],
-        capture_output=True, text=True, timeout=120, check=False).stdout
-    os.unlink(data)
+class Recorder:
+    """perf record on one CPU from start() to stop(): started right before the sender, so time
+    spent waiting for an idle machine is not in the profile."""
+
+    def __init__(self, cpu: int, scratch: str) -> None:
+        self.cpu = cpu
+        self.data = os.path.join(scratch, "perf.data")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["perf", "record", "-q", "-C", str(self.cpu), "-g", "-o", self.data],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+
+    def shares(self, comms: tuple[str, ...]) -> dict[str, float]:
+        """Inclusive % of the samples of `comms` per symbol of interest."""
+        report = subprocess.run(
+            ["perf", "report", "-i", self.data, "--comm", ",".join(comms), "--percentage", "relative",
+             "--children", "--sort", "sym", "--stdio", "-g", "none"],
+            capture_output=True, text=True, timeout=120, check=False).stdout
+        if os.path.exists(self.data):
+            os.unlink(self.data)
+        return parse(report)
+
+
+def parse(report: str) -> dict[str, float]:
     shares: dict[str, float] = {}
     for line in report.splitlines():
         match = LINE.match(line)

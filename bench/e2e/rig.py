@@ -98,15 +98,16 @@ class Rig:
         import perf_profile
         if not self.ok:
             return
+        recorder = perf_profile.Recorder(self.options.sender_cpu, self.ctx.scratch)
         self.gateways.resume()
         try:
-            run = lambda: self._measure(0, seconds)  # noqa: E731
-            self.result.profile = perf_profile.profile(run, self.options.sender_cpu,
-                                                  ("sender", f"ksoftirqd/{self.options.sender_cpu}"),
-                                                  seconds, self.ctx.scratch)
+            measure_point(self.ctx, self.balancer, self.gateways, self.binaries["sender"], 0, seconds,
+                          self.options, (recorder.start, recorder.stop))
+            self.result.profile = recorder.shares(("sender", f"ksoftirqd/{self.options.sender_cpu}"))
         except Exception as error:  # a profile is an extra: never fail the run for it
             self.result.notes.append(f"profile failed: {error}")
         finally:
+            recorder.stop()
             self.gateways.pause()
 
     def stop(self) -> None:
