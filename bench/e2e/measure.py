@@ -15,7 +15,7 @@ SWEEP_FRACTIONS = (0.5, 0.75, 0.9, 1.0)
 # Time for gateways to empty their socket buffers after the sender stopped.
 DRAIN_S = 0.3
 # Unpaced runs per configuration; the median (by delivered rate) is "saturation".
-SATURATION_REPEATS = 3
+SATURATION_REPEATS = 5
 # A point is redone (at most this often) when other work kept the CPUs busy right after it.
 MAX_RETRIES = 1
 BACKGROUND_LIMIT = 0.15

@@ -18,6 +18,7 @@ def build_table(results: list[ConfigResult]) -> list[dict]:
         rows.append({
             "system": r.label, "key": r.key, "n": n, "error": r.error,
             "zero_loss": zl(r), "saturation": sat(r, "delivered_pps"),
+            "sat_range": sat_range(r),
             "sat_loss": sat(r, "loss"), "cpu_sat": sat(r, "cpu_ns_per_datagram"),
             "weight_err": r.weight_error_pp(),
             "disturbed": sum(p.disturbed for p in r.points), "points": len(r.points),
@@ -28,6 +29,12 @@ def build_table(results: list[ConfigResult]) -> list[dict]:
             "cpu_vs_ebpflb": ratio(sat(r, "cpu_ns_per_datagram"), sat(reference, "cpu_ns_per_datagram")),
         })
     return rows
+
+
+def sat_range(r: ConfigResult) -> str:
+    """Spread of the unpaced rounds (kpps), to show how noisy the machine was."""
+    rates = [p.delivered_pps / 1e3 for p in r.clean([p for p in r.points if p.target_pps == 0])]
+    return f"{min(rates):.0f}-{max(rates):.0f}" if rates and not r.error else "-"
 
 
 def paired_ratio(r: ConfigResult, other: ConfigResult | None) -> float:
@@ -57,7 +64,7 @@ def ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
 
-HEADERS = ["system", "N", "zero-loss kpps", "sat. kpps", "sat. loss %", "CPU ns/dgram",
+HEADERS = ["system", "N", "zero-loss kpps", "sat. kpps", "sat. range", "sat. loss %", "CPU ns/dgram",
            "weight err pp", "zero-loss/ceiling", "sat/ceiling", "zero-loss/ebpflb", "sat/ebpflb",
            "CPU/ebpflb", "disturbed"]
 
@@ -70,7 +77,7 @@ def cells(row: dict) -> list[str]:
         return "-" if math.isnan(value) else format(value, fmt)
 
     return [row["system"], str(row["n"]), num(row["zero_loss"] / 1e3, ".0f"),
-            num(row["saturation"] / 1e3, ".0f"), num(100 * row["sat_loss"], ".2f"),
+            num(row["saturation"] / 1e3, ".0f"), row["sat_range"], num(100 * row["sat_loss"], ".2f"),
             num(row["cpu_sat"], ".0f"), num(row["weight_err"], ".3f"),
             num(row["zl_vs_ceiling"], ".3f"), num(row["sat_vs_ceiling"], ".3f"),
             num(row["zl_vs_ebpflb"], ".3f"), num(row["sat_vs_ebpflb"], ".3f"),
@@ -291,5 +298,10 @@ CAVEATS = [
     "cheaper on veth. Neither predicts a physical NIC.",
     "- With more gateways the datagrams are interleaved, so each `recvmmsg` returns smaller batches; "
     "that costs gateway CPU whatever the balancer, and the no-LB ceiling (one socket) does not pay it.",
-    "- One run per point on a VM; expect a few percent run-to-run variation.",
+    "- On this VM the saturated rate of one and the same system varies by up to about +-20 % from "
+    "round to round (column *sat. range*), more than the differences between the kernel-path "
+    "systems; ratios under about 10 % apart are not significant. The profile table is steadier "
+    "evidence of what each balancer adds to the datagram path.",
+    "- CPU ns/dgram counts every busy CPU cycle of the machine, so it also catches other work on a "
+    "shared machine; the *disturbed* column says how many points that may have touched.",
 ]
