@@ -145,7 +145,9 @@ def write_plot(results: list[ConfigResult], path: str) -> None:
         axes[0].bar(xs, saturation, width, color=f"C{index}", alpha=0.35,
                     label=f"N={n} saturation")
         axes[0].bar(xs, zero_loss, width, color=f"C{index}", label=f"N={n} zero loss (<0.1 %)")
-        axes[1].bar(xs, cpu, width, color=f"C{index}", label=f"N={n}")
+        bars = axes[1].bar(xs, cpu, width, color=f"C{index}", label=f"N={n}")
+        # Labels, since nginx's bar squeezes the kernel-path systems' differences.
+        axes[1].bar_label(bars, fmt="%.2f", fontsize=7, rotation=90, padding=2)
     for axis in axes[:2]:
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
         axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
@@ -155,6 +157,7 @@ def write_plot(results: list[ConfigResult], path: str) -> None:
     axes[0].set_title("Throughput")
     axes[1].set_ylabel("busy CPU µs per delivered datagram (saturation)")
     axes[1].set_title("CPU per datagram (all CPUs, from /proc/stat)")
+    axes[1].margins(y=0.12)  # room for the bar labels
     n_curve = counts[-1] if counts else 0
     for index, r in enumerate(r for r in ok if len(r.ports) == n_curve):
         points = sorted(r.points, key=lambda p: p.offered_pps)
