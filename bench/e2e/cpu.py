@@ -14,6 +14,12 @@ def busy_ns() -> float:
     return (user + nice + system + irq + softirq + steal) * TICK_NS
 
 
+def steal_ns() -> float:
+    """CPU time the hypervisor gave to others while this VM wanted to run (all CPUs)."""
+    with open("/proc/stat") as stat:
+        return int(stat.readline().split()[8]) * TICK_NS
+
+
 def udp_counters(pid: int) -> dict[str, int]:
     """UDP MIB of the network namespace that process pid lives in."""
     with open(f"/proc/{pid}/net/snmp") as snmp:

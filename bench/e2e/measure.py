@@ -44,6 +44,7 @@ class Point:
     udp_delta: dict[str, int]
     background: float = 0.0  # busy CPU share just before the point (others' load on a shared machine)
     background_after: float = 0.0  # the same, right after the gateways drained
+    steal_ns: float = 0.0  # hypervisor steal during the point (a slower host shows here, if at all)
 
     @property
     def disturbed(self) -> bool:
@@ -84,7 +85,8 @@ class Point:
                 "offered_pps": self.offered_pps, "delivered_pps": self.delivered_pps,
                 "loss": self.loss, "cpu_ns_per_datagram": self.cpu_ns_per_datagram,
                 "udp_delta": self.udp_delta, "background": self.background,
-                "background_after": self.background_after}
+                "background_after": self.background_after,
+                "steal_ns": self.steal_ns}
 
 
 def measure_point(ctx: Context, balancer: Balancer, gateways: Gateways, sender: str,
@@ -106,7 +108,7 @@ def measure_once(ctx: Context, balancer: Balancer, gateways: Gateways, sender: s
     QUIET_WAIT_BUDGET_S[0] = max(0.0, QUIET_WAIT_BUDGET_S[0] - (time.time() - waited_from))
     before = gateways.counts()
     udp_before = cpu.udp_counters(gateways.pid)
-    busy_before = cpu.busy_ns()
+    busy_before, steal_before = cpu.busy_ns(), cpu.steal_ns()
     if around_send:
         around_send[0]()
     try:
@@ -116,7 +118,7 @@ def measure_once(ctx: Context, balancer: Balancer, gateways: Gateways, sender: s
         if around_send:
             around_send[1]()
     time.sleep(DRAIN_S)
-    busy_after = cpu.busy_ns()
+    busy_after, steal_after = cpu.busy_ns(), cpu.steal_ns()
     after = gateways.counts()
     udp_after = cpu.udp_counters(gateways.pid)
     keys = ("InErrors", "RcvbufErrors", "InCsumErrors", "NoPorts")
@@ -126,6 +128,7 @@ def measure_once(ctx: Context, balancer: Balancer, gateways: Gateways, sender: s
         busy_ns=busy_after - busy_before,
         udp_delta={k: udp_after.get(k, 0) - udp_before.get(k, 0) for k in keys},
         background=background,
+        steal_ns=steal_after - steal_before,
         background_after=cpu.busy_fraction(0.2),
     )
 
@@ -175,9 +178,9 @@ class ConfigResult:
     @classmethod
     def from_dict(cls, data: dict) -> "ConfigResult":
         point_fields = ("target_pps", "sent", "send_seconds", "busy_ns", "udp_delta", "background",
-                        "background_after")
+                        "background_after", "steal_ns")
         points = [Point(per_port={int(k): v for k, v in p["per_port"].items()},
-                        **{f: p[f] for f in point_fields}) for p in data["points"]]
+                        **{f: p[f] for f in point_fields if f in p}) for p in data["points"]]
         return cls(data["key"], data["label"], data["topology"], data["balances"], data["ports"],
                    data["weights"], points, data["notes"], data["error"], data.get("profile", {}))
 

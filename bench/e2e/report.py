@@ -281,12 +281,14 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
                 f"{r.profile[c]:.1f}" if c in r.profile else "-" for c in columns) + " |")
         lines.append("")
     lines += ["## All points", "", "| system | N | target kpps | offered kpps | delivered kpps | loss % "
-              "| CPU ns/dgram | UDP RcvbufErrors | UDP InCsumErrors |", "|" + "---|" * 9]
+              "| CPU ns/dgram | steal % | busy before/after % | UDP RcvbufErrors | UDP InCsumErrors |", "|" + "---|" * 11]
     for r in results:
         for p in r.points:
             target = "unpaced" if p.target_pps == 0 else f"{p.target_pps / 1e3:.0f}"
             lines.append(f"| {r.label} | {len(r.ports)} | {target} | {p.offered_pps / 1e3:.1f} | "
                          f"{p.delivered_pps / 1e3:.1f} | {100 * p.loss:.3f} | {p.cpu_ns_per_datagram:.0f} | "
+                         f"{100 * p.steal_ns / (p.busy_ns or 1):.1f} | "
+                         f"{100 * p.background:.0f}/{100 * p.background_after:.0f} | "
                          f"{p.udp_delta.get('RcvbufErrors', 0)} | {p.udp_delta.get('InCsumErrors', 0)} |")
     lines += ["", "## Caveats", "", *CAVEATS, ""]
     with open(path, "w") as handle:

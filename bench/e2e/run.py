@@ -46,7 +46,7 @@ def log_point(rig: Rig, point: Point | None) -> None:
     target = "unpaced" if point.target_pps == 0 else f"{point.target_pps / 1e3:.0f}k"
     print(f"  {rig.balancer.label:26} {target:>8}: offered {point.offered_pps / 1e3:6.1f} kpps  "
           f"delivered {point.delivered_pps / 1e3:6.1f} kpps  loss {100 * point.loss:6.2f} %  "
-          f"cpu {point.cpu_ns_per_datagram:6.0f} ns/dgram  "
+          f"cpu {point.cpu_ns_per_datagram:6.0f} ns/dgram  steal {100 * point.steal_ns / (point.busy_ns or 1):2.0f} %  "
           f"bg {100 * point.background:2.0f}/{100 * point.background_after:2.0f} %  "
           f"rcvbuf err {point.udp_delta['RcvbufErrors']}  csum err {point.udp_delta['InCsumErrors']}",
           flush=True)
