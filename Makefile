@@ -11,7 +11,7 @@ BPF_CFLAGS := -g -O2 -Wall -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
 	-fdebug-prefix-map=$(CURDIR)=. -I. -Ikernel
 DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool xdp-tools iproute2 ethtool socat
 
-.PHONY: all check-object deps venv test bench bench-e2e demo clean
+.PHONY: all check-object deps venv lint test bench bench-e2e demo clean
 
 all: $(OBJ)
 
@@ -45,7 +45,11 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: deps venv check-object
+lint: venv
+	$(PY) -m ruff check ebpflb tests bench
+	$(PY) -m mypy ebpflb
+
+test: deps venv check-object lint
 	$(PY) -m pytest tests
 
 bench: deps venv

@@ -139,9 +139,9 @@ def write_plot(results: list[ConfigResult], path: str) -> None:
     for index, n in enumerate(counts):
         by_label = {r.label: r for r in ok if len(r.ports) == n}
         xs = [i + index * width for i in range(len(labels))]
-        zero_loss = [zl(by_label[l]) / 1e3 if l in by_label else 0 for l in labels]
-        saturation = [sat(by_label[l], "delivered_pps") / 1e3 if l in by_label else 0 for l in labels]
-        cpu = [sat(by_label[l], "cpu_ns_per_datagram") / 1e3 if l in by_label else 0 for l in labels]
+        zero_loss = [zl(by_label[label]) / 1e3 if label in by_label else 0 for label in labels]
+        saturation = [sat(by_label[label], "delivered_pps") / 1e3 if label in by_label else 0 for label in labels]
+        cpu = [sat(by_label[label], "cpu_ns_per_datagram") / 1e3 if label in by_label else 0 for label in labels]
         axes[0].bar(xs, saturation, width, color=f"C{index}", alpha=0.35,
                     label=f"N={n} saturation")
         axes[0].bar(xs, zero_loss, width, color=f"C{index}", label=f"N={n} zero loss (<0.1 %)")
@@ -192,8 +192,8 @@ def machine_description() -> list[str]:
 def write_markdown(results: list[ConfigResult], table: list[dict], options, skipped: dict,
                    elapsed: float, path: str) -> None:
     import datetime
-    from measure import (BACKGROUND_LIMIT, DRAIN_S, LOSS_THRESHOLD, SATURATION_REPEATS,
-                         SWEEP_FRACTIONS)
+
+    from measure import BACKGROUND_LIMIT, DRAIN_S, LOSS_THRESHOLD, SATURATION_REPEATS, SWEEP_FRACTIONS
     lines = [
         "# End-to-end benchmark",
         "",
@@ -281,7 +281,8 @@ def write_markdown(results: list[ConfigResult], table: list[dict], options, skip
                 f"{r.profile[c]:.1f}" if c in r.profile else "-" for c in columns) + " |")
         lines.append("")
     lines += ["## All points", "", "| system | N | target kpps | offered kpps | delivered kpps | loss % "
-              "| CPU ns/dgram | steal % | busy before/after % | UDP RcvbufErrors | UDP InCsumErrors |", "|" + "---|" * 11]
+              "| CPU ns/dgram | steal % | busy before/after % | UDP RcvbufErrors | UDP InCsumErrors |",
+              "|" + "---|" * 11]
     for r in results:
         for p in r.points:
             target = "unpaced" if p.target_pps == 0 else f"{p.target_pps / 1e3:.0f}"
