@@ -8,7 +8,6 @@ operations with an unchanged weight (heartbeats, no rebuild) are timed in betwee
 
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Callable
 
 from ebpflb import libbpf
 from ebpflb.layout import CtlOp
+from ebpflb.libbpf import XdpMd
 from ebpflb.scheduler import cycle_length
 
 from .micro_checks import XDP_DROP, expect, expect_verdict
@@ -25,18 +25,6 @@ from .micro_service import FIRST_GATEWAY_PORT, REG_PORT, SERVICE_PORT
 
 LOOPBACK_IFINDEX = 1
 
-
-class XdpMd(ctypes.Structure):
-    """struct xdp_md as BPF_PROG_TEST_RUN takes it in ctx_in (uapi linux/bpf.h)."""
-
-    _fields_ = [
-        ("data", ctypes.c_uint32),
-        ("data_end", ctypes.c_uint32),
-        ("data_meta", ctypes.c_uint32),
-        ("ingress_ifindex", ctypes.c_uint32),
-        ("rx_queue_index", ctypes.c_uint32),
-        ("egress_ifindex", ctypes.c_uint32),
-    ]
 
 
 @dataclass(frozen=True)

@@ -5,17 +5,16 @@ demo that was killed before it could clean up."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
 import subprocess
 from typing import Iterator
 
+from .netns import entered as netns_entered
+
 BPFFS = "/sys/fs/bpf"
 NAME_PREFIX = "ebpflb-demo-"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class DemoSetupError(Exception):
@@ -57,11 +56,6 @@ def unmount_bpffs_if_empty() -> bool:
     return subprocess.run(["umount", BPFFS], capture_output=True).returncode == 0
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), "setns")
-
 
 class Namespace:
     """A named network namespace with lo up, like `ip netns add NAME`."""
@@ -79,12 +73,8 @@ class Namespace:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """Moves this thread (and the threads and processes it starts) into the namespace."""
-        with open("/proc/self/ns/net") as home, open(self.path) as target:
-            _setns(target.fileno())
-            try:
-                yield
-            finally:
-                _setns(home.fileno())
+        with netns_entered(self.path):
+            yield
 
     def delete(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)

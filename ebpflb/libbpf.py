@@ -65,6 +65,20 @@ class BpfXdpAttachOpts(ctypes.Structure):
     ]
 
 
+class XdpMd(ctypes.Structure):
+    """struct xdp_md (uapi linux/bpf.h): the context BPF_PROG_TEST_RUN takes for an XDP program,
+    to say which device a test packet arrives on."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
 PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 _SIGNATURES = {

@@ -18,6 +18,7 @@ from typing import Optional
 from ebpflb import libbpf
 from ebpflb.instance import Instance
 from ebpflb.layout import CpuData, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
+from ebpflb.libbpf import XdpMd
 from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 
 from .netns import NetNS
@@ -25,18 +26,6 @@ from .netns import NetNS
 XDP_DROP = 1
 XDP_PASS = 2
 
-
-class XdpMd(ctypes.Structure):
-    """struct xdp_md, the context of an XDP program (uapi linux/bpf.h)."""
-
-    _fields_ = [
-        ("data", ctypes.c_uint32),
-        ("data_end", ctypes.c_uint32),
-        ("data_meta", ctypes.c_uint32),
-        ("ingress_ifindex", ctypes.c_uint32),
-        ("rx_queue_index", ctypes.c_uint32),
-        ("egress_ifindex", ctypes.c_uint32),
-    ]
 
 
 def default_config(**overrides: int) -> LbConfig:

@@ -4,7 +4,6 @@ remounting /sys (nsenter / setns), so the host's bpffs pins stay visible."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import subprocess
@@ -12,20 +11,15 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ebpflb.netns import entered as netns_entered
+
 REPO = Path(__file__).resolve().parent.parent
-CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class NetNS:
@@ -55,12 +49,8 @@ class NetNS:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """Switches this thread into the namespace for the block, then back."""
-        with open("/proc/self/ns/net") as home, open(self.path) as target:
-            _setns(target.fileno())
-            try:
-                yield
-            finally:
-                _setns(home.fileno())
+        with netns_entered(self.path):
+            yield
 
     def nstat(self, names: Sequence[str]) -> dict[str, int]:
         out = self.run("nstat", "-az", *names, check=True).stdout
