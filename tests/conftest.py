@@ -32,6 +32,16 @@ def _is_mounted(path: str) -> bool:
     return subprocess.run(["mountpoint", "-q", path]).returncode == 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tracefs_as_found() -> Iterator[None]:
+    """`ebpflb trace` mounts tracefs when it is missing; unmount it after the session if so."""
+    path = "/sys/kernel/tracing"
+    was_mounted = _is_mounted(path)
+    yield
+    if not was_mounted and os.geteuid() == 0 and _is_mounted(path):
+        sh("umount", path, check=False)
+
+
 @pytest.fixture(scope="session")
 def bpffs() -> Iterator[str]:
     """Mounts bpffs for the session when the machine has none, and unmounts it after."""
