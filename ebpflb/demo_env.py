@@ -12,6 +12,7 @@ import subprocess
 from typing import Iterator
 
 from .netns import entered as netns_entered
+from .netns import pid_alive
 
 BPFFS = "/sys/fs/bpf"
 NAME_PREFIX = "ebpflb-demo-"
@@ -83,15 +84,6 @@ class Namespace:
         return os.path.exists(self.path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def remove_stale_leftovers() -> list[str]:
     """Deletes namespaces and pin directories of earlier demos whose process is gone (kill -9)."""
@@ -100,13 +92,13 @@ def remove_stale_leftovers() -> list[str]:
     names = [line.split()[0] for line in run("ip", "netns", "list").splitlines() if line.strip()]
     for name in names:
         match = pattern.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             removed.append(f"namespace {name}")
     if os.path.isdir(BPFFS):
         for name in os.listdir(BPFFS):
             match = pattern.match(name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 # its XDP program went away with its namespace; only the pins are left
                 shutil.rmtree(os.path.join(BPFFS, name), ignore_errors=True)
                 removed.append(f"pins {BPFFS}/{name}")

@@ -10,7 +10,7 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from . import libbpf
 from .errors import EbpflbError
@@ -244,41 +244,38 @@ class Instance:
         return attached
 
     def attachments(self) -> list[Attachment]:
-        """Interfaces of this network namespace running this instance's program."""
-        try:
-            fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
-        except OSError:
-            return self._foreign_attachments()
-        try:
-            ours = libbpf.prog_id(fd)
-        finally:
-            os.close(fd)
-        found = []
-        for index, name in interfaces():
-            for mode, flag in MODES.items():
-                if self._query(index, flag) == ours:
-                    found.append(Attachment(name, index, mode))
-        return found
-
-    def _foreign_attachments(self) -> list[Attachment]:
-        """An instance loaded by another loader (xdp-loader -p DIR) pins maps, not the program:
-        find the XDP programs that use this instance's state map."""
-        try:
-            fd = libbpf.obj_get(self.pin(PINNED_MAPS[0]))
-        except OSError:
+        """Interfaces of this network namespace running this instance's program: the pinned
+        program, or, for an instance loaded by another loader (xdp-loader -p DIR pins maps, not
+        the program), any XDP program that uses this instance's state map."""
+        is_ours = self._program_matcher()
+        if is_ours is None:
             return []
-        try:
-            state_id = libbpf.obj_id(fd)
-        finally:
-            os.close(fd)
         found = []
         for index, name in interfaces():
             for mode, flag in MODES.items():
                 prog = self._query(index, flag)
-                with contextlib.suppress(OSError):
-                    if prog and state_id in libbpf.prog_map_ids(prog):
-                        found.append(Attachment(name, index, mode))
+                if prog and is_ours(prog):
+                    found.append(Attachment(name, index, mode))
         return found
+
+    def _program_matcher(self) -> Optional[Callable[[int], bool]]:
+        try:
+            fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
+        except OSError:
+            try:
+                fd = libbpf.obj_get(self.pin(PINNED_MAPS[0]))
+            except OSError:
+                return None
+            try:
+                state_id = libbpf.obj_id(fd)
+            finally:
+                os.close(fd)
+            return lambda prog: _uses_map(prog, state_id)
+        try:
+            ours = libbpf.prog_id(fd)
+        finally:
+            os.close(fd)
+        return lambda prog: prog == ours
 
     # ---------------------------------------------------------------- state
 
@@ -480,6 +477,13 @@ class Instance:
             yield
         finally:
             os.close(fd)
+
+
+def _uses_map(prog_id: int, map_id: int) -> bool:
+    try:
+        return map_id in libbpf.prog_map_ids(prog_id)
+    except OSError:
+        return False
 
 
 def _last_line(log: str) -> str:

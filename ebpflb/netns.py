@@ -28,3 +28,14 @@ def entered(ns_path: str) -> Iterator[None]:
             yield
         finally:
             _setns(home.fileno())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process that named a namespace after its pid still runs (stale-leftover checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

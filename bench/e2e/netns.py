@@ -5,6 +5,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from ebpflb.netns import pid_alive
+
 PREFIX = "ebpflb-bench-"
 BPFFS = "/sys/fs/bpf"
 SENDER_ADDR = "10.199.0.1"
@@ -31,15 +33,6 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _owner_pid(name: str) -> int | None:
     # Names look like ebpflb-bench-<pid>-<role>; the pid tells whether its run is still alive.
@@ -51,13 +44,13 @@ def remove_stale() -> None:
     """Delete namespaces and bpffs pins left by an earlier run of this benchmark that died."""
     for ns in list_namespaces():
         pid = _owner_pid(ns) if ns.startswith(PREFIX) else None
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             print(f"[netns] removing stale namespace {ns}", flush=True)
             sh("ip", "netns", "del", ns, check=False)
     if os.path.isdir(BPFFS):
         for entry in os.listdir(BPFFS):
             pid = _owner_pid(entry) if entry.startswith(PREFIX) else None
-            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            if pid is not None and pid != os.getpid() and not pid_alive(pid):
                 print(f"[netns] removing stale pins {BPFFS}/{entry}", flush=True)
                 sh("rm", "-rf", os.path.join(BPFFS, entry), check=False)
 
