@@ -36,7 +36,10 @@ def drain_trace_pipe() -> None:
         (os.path.join(d, "trace_pipe") for d in TRACE_DIRS if os.path.exists(os.path.join(d, "trace_pipe"))), None
     )
     if pipe is None:
-        return  # `ebpflb trace` mounts tracefs itself
+        # events of earlier tests stay in the kernel's buffer while tracefs is unmounted: mount it
+        # to drain them (the session fixture unmounts it again if it was not mounted before)
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True)
+        pipe = "/sys/kernel/tracing/trace_pipe"
     fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
     try:
         with contextlib.suppress(BlockingIOError):
