@@ -10,6 +10,7 @@ import enum
 
 MAX_GATEWAYS = 256
 SCHED_SIZE = 4096
+SCHED_BUFFERS = 4
 MAX_WEIGHT = 65535
 REG_PAYLOAD_MIN = 4
 
@@ -77,33 +78,38 @@ class LbState(ctypes.Structure):
         ("lock", u32),
         ("version", u32),
         ("count", u32),
-        ("built_version", u32),
-        ("active", u32),
+        ("published", u32),
+        ("sched_version", u32),
         ("building", u32),
-        ("schedule_gen", u32),
         ("slots_used", u32),
         ("free_top", u32),
-        ("pad", u32),
+        ("build_jiffies", u64),
         ("next_expiry_ns", u64),
         ("config", LbConfig),
         ("gw", Gateway * MAX_GATEWAYS),
         ("free_slots", u16 * MAX_GATEWAYS),
+        ("live_slots", u16 * MAX_GATEWAYS),
+        ("live_index", u16 * MAX_GATEWAYS),
         ("slot_of_port", u16 * 65536),
     ]
 
 
-class SchedEntry(ctypes.Structure):
-    _fields_ = [
-        ("slot", u16),
-        ("port", u16),
-    ]
+def entry_slot(entry: int) -> int:
+    """Slot of a schedule entry (SCHED_ENTRY in kernel/ebpflb.h: slot << 16 | port)."""
+    return entry >> 16
+
+
+def entry_port(entry: int) -> int:
+    return entry & 0xFFFF
 
 
 class Schedule(ctypes.Structure):
     _fields_ = [
         ("len", u32),
+        ("cycle", u32),
         ("gen", u32),
-        ("entry", SchedEntry * SCHED_SIZE),
+        ("version", u32),
+        ("entry", u32 * SCHED_SIZE),
     ]
 
 
@@ -117,6 +123,7 @@ class GlobalCounters(ctypes.Structure):
         ("reg_rejected", u64 * NR_REJECT_REASONS),
         ("expired", u64),
         ("rebuilds", u64),
+        ("stale_picks", u64),
     ]
 
 
@@ -130,7 +137,9 @@ class GatewayCounters(ctypes.Structure):
 class CpuData(ctypes.Structure):
     _fields_ = [
         ("cursor", u32),
-        ("gen", u32),
+        ("published", u32),
+        ("len", u32),
+        ("pad", u32),
         ("jiffies", u64),
         ("global_", GlobalCounters),
         ("gw", GatewayCounters * MAX_GATEWAYS),
@@ -143,7 +152,6 @@ BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "gateway": Gateway,
     "lb_config": LbConfig,
     "lb_state": LbState,
-    "sched_entry": SchedEntry,
     "schedule": Schedule,
     "global_counters": GlobalCounters,
     "gateway_counters": GatewayCounters,

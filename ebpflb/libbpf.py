@@ -90,6 +90,7 @@ _SIGNATURES = {
     "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_program__pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
+    "bpf_map__value_size": (ctypes.c_uint32, [ctypes.c_void_p]),
     "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]),
@@ -219,6 +220,10 @@ class BpfObject:
     def map_fd(self, name: str) -> int:
         map_ptr = check_ptr(self._lib.bpf_object__find_map_by_name(self._ptr, name.encode()), f"map {name}")
         return check(self._lib.bpf_map__fd(map_ptr), f"fd of map {name}")
+
+    def value_size(self, name: str) -> int:
+        map_ptr = check_ptr(self._lib.bpf_object__find_map_by_name(self._ptr, name.encode()), f"map {name}")
+        return int(self._lib.bpf_map__value_size(map_ptr))
 
     def close(self) -> None:
         if self._ptr:

@@ -60,8 +60,7 @@ static __always_inline int balance(struct udp_view *v)
 	struct cpu_data *cpu = this_cpu_data();
 	struct lb_state *st = shared_state();
 	struct gateway_counters *gc;
-	struct sched_entry *pick;
-	__u16 port = 0, slot = 0;
+	__u32 pick;
 
 	if (!cpu || !st)
 		return XDP_PASS;
@@ -71,15 +70,11 @@ static __always_inline int balance(struct udp_view *v)
 		return XDP_PASS;
 	}
 	expire_if_due(st, cpu);
-	if (st->built_version != st->version)
-		rebuild_schedule();
+	if (schedule_pending(st))
+		schedule_build(BUILD_ONE_STEP);
 
 	pick = schedule_next(st, cpu);
-	if (pick) {
-		port = pick->port;
-		slot = pick->slot & (MAX_GATEWAYS - 1);
-	}
-	if (!port) {
+	if (!pick) {
 		if (lb_config.drop_without_gateway) {
 			cpu->global.no_gateway_dropped++;
 			return XDP_DROP;
@@ -88,8 +83,8 @@ static __always_inline int balance(struct udp_view *v)
 		return XDP_PASS;
 	}
 
-	udp_set_dest(v->udp, bpf_htons(port));
-	gc = &cpu->gw[slot];
+	udp_set_dest(v->udp, bpf_htons(ENTRY_PORT(pick)));
+	gc = &cpu->gw[ENTRY_SLOT(pick) & (MAX_GATEWAYS - 1)];
 	gc->packets++;
 	gc->bytes += bpf_ntohs(v->udp->len);
 	cpu->global.service++;
@@ -123,6 +118,7 @@ int ebpflb_control(struct ctl_args *args)
 	struct lb_state *st = shared_state();
 	/* the coarse clock of the packet path is not offered here; both are CLOCK_MONOTONIC */
 	__u64 now = bpf_ktime_get_ns();
+	int ret;
 
 	if (!st)
 		return REJECTED(REJECT_BAD_REQUEST);
@@ -132,19 +128,26 @@ int ebpflb_control(struct ctl_args *args)
 			return reject(this_cpu_data(), args->port, 0, REJECT_NOT_LOOPBACK);
 		if (args->payload_len < REG_PAYLOAD_MIN)
 			return reject(this_cpu_data(), args->port, 0, REJECT_SHORT_PAYLOAD);
-		return registry_update(args->port, args->weight, 0, now);
+		ret = registry_update(args->port, args->weight, 0, now);
+		break;
 	}
 	case CTL_SET_WEIGHT:
-		return registry_update(args->port, args->weight, REG_MUST_EXIST, now);
+		ret = registry_update(args->port, args->weight, REG_MUST_EXIST, now);
+		break;
 	case CTL_ADD_STATIC:
-		return registry_update(args->port, args->weight, REG_MAKE_STATIC, now);
+		ret = registry_update(args->port, args->weight, REG_MAKE_STATIC, now);
+		break;
 	case CTL_SWEEP:
 		publish_config(st);
 		expire_gateways(now);
-		rebuild_schedule();
+		schedule_build(BUILD_COMPLETE);
 		return 0;
+	default:
+		return reject(this_cpu_data(), args->port, args->weight, REJECT_BAD_REQUEST);
 	}
-	return reject(this_cpu_data(), args->port, args->weight, REJECT_BAD_REQUEST);
+	/* not a packet path: the change is in the schedule when the call returns */
+	schedule_build(BUILD_COMPLETE);
+	return ret;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -10,6 +10,7 @@
 #ifndef SCHED_SIZE
 #define SCHED_SIZE 4096		/* power of two: longest exact cycle of the schedule */
 #endif
+#define SCHED_BUFFERS 4		/* power of two: schedules are published round robin over these */
 #define MAX_WEIGHT 65535
 #define REG_PAYLOAD_MIN 4	/* bytes 0-3: weight, u32 big-endian; later bytes reserved */
 
@@ -67,33 +68,37 @@ struct lb_config {
  * Writers hold the lock only for O(1) work; scans run lock-free and re-check under it. */
 struct lb_state {
 	struct bpf_spin_lock lock;	/* guards the gateway table and its indexes */
-	__u32 version;			/* bumped after every change of membership or weight */
-	__u32 count;			/* live gateways */
-	__u32 built_version;		/* version the active schedule was built from */
-	__u32 active;			/* index of the published schedule (0 or 1) */
-	__u32 building;			/* 1 while one CPU rebuilds the schedule */
-	__u32 schedule_gen;		/* bumped on every publish; resets the per-CPU cursors */
+	__u32 version;			/* bumped (fully ordered) after every change of membership or weight */
+	__u32 count;			/* live gateways: entries of live_slots */
+	__u32 published;		/* gen << 2 | buffer of the newest schedule; 0 before the first */
+	__u32 sched_version;		/* table version the newest published schedule was built from */
+	__u32 building;			/* 1 while one CPU runs a build step */
 	__u32 slots_used;		/* slots below this have been handed out at least once */
 	__u32 free_top;			/* entries in free_slots */
-	__u32 pad;
+	__u64 build_jiffies;		/* when the last build started: at most one starts per jiffy */
 	__u64 next_expiry_ns;		/* no dynamic gateway expires before this */
 	struct lb_config config;
 	struct gateway gw[MAX_GATEWAYS];
 	__u16 free_slots[MAX_GATEWAYS];	/* released slots, reused first */
+	__u16 live_slots[MAX_GATEWAYS];	/* slots of the live gateways, dense: the fallback picks here */
+	__u16 live_index[MAX_GATEWAYS];	/* position of each live slot in live_slots */
 	__u16 slot_of_port[65536];	/* slot + 1 of the gateway on each port, 0 if none */
 };
 
-/* One pick of the schedule: the port saves the packet path a table lookup. */
-struct sched_entry {
-	__u16 slot;
-	__u16 port;		/* host byte order */
-};
+/* A schedule entry is one 32-bit value, written and read whole: slot << 16 | port. */
+#define SCHED_ENTRY(slot, port)	((__u32)(slot) << 16 | (__u16)(port))
+#define ENTRY_SLOT(e)		((e) >> 16)
+#define ENTRY_PORT(e)		((e) & 0xffff)
 
-/* One full cycle of the smooth weighted round-robin order. */
+/* Whole cycles of the smooth weighted round-robin order, repeated to fill at least half of
+ * the buffer (so a cursor keeps its phase when the length changes), or, for a cycle longer
+ * than SCHED_SIZE, its first SCHED_SIZE picks. */
 struct schedule {
-	__u32 len;
-	__u32 gen;
-	struct sched_entry entry[SCHED_SIZE];
+	__u32 len;		/* entries in use */
+	__u32 cycle;		/* length of one exact cycle (len when the cycle was cut) */
+	__u32 gen;		/* publication number */
+	__u32 version;		/* table version it was built from */
+	__u32 entry[SCHED_SIZE];
 };
 
 struct global_counters {
@@ -104,7 +109,8 @@ struct global_counters {
 	__u64 reg_accepted;
 	__u64 reg_rejected[NR_REJECT_REASONS];
 	__u64 expired;
-	__u64 rebuilds;
+	__u64 rebuilds;			/* schedules published */
+	__u64 stale_picks;		/* service datagrams whose schedule entry had left: sent by the live list */
 };
 
 struct gateway_counters {
@@ -114,8 +120,10 @@ struct gateway_counters {
 
 /* Per-CPU element: the scheduler cursor and every counter this CPU updates. */
 struct cpu_data {
-	__u32 cursor;			/* next position in the active schedule */
-	__u32 gen;			/* schedule generation the cursor belongs to */
+	__u32 cursor;			/* next position in the schedule; kept across publications */
+	__u32 published;		/* lb_state.published the cursor belongs to */
+	__u32 len;			/* length of that schedule */
+	__u32 pad;
 	__u64 jiffies;			/* when this CPU last compared the clock with the expiry deadline */
 	struct global_counters global;
 	struct gateway_counters gw[MAX_GATEWAYS];

@@ -3,6 +3,10 @@
 #ifndef MAPS_BPF_H
 #define MAPS_BPF_H
 
+/* Loads and stores the compiler must emit once, whole, where written (shared with other CPUs). */
+#define READ_ONCE(x)		(*(const volatile typeof(x) *)&(x))
+#define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -11,10 +15,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_state SEC(".maps");
 
-/* Two schedules: packets read the active one while the other is rebuilt. */
+/* Schedules, published round robin: a new one is written into a buffer that was last
+ * published several jiffies ago, never into the one packets read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, SCHED_BUFFERS);
 	__type(key, __u32);
 	__type(value, struct schedule);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -28,16 +33,43 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_percpu SEC(".maps");
 
-/* Working memory of the single schedule builder (too large for the stack). */
+enum build_phase {
+	BUILD_IDLE = 0,
+	BUILD_SNAPSHOT,		/* copy the live gateways and size the cycle */
+	BUILD_START,		/* give every gateway its first deadline */
+	BUILD_FILL,		/* earliest-deadline-first, one schedule position at a time */
+	BUILD_REPEAT,		/* copy the cycle until the schedule is full */
+};
+
+#define DEADLINE_WORDS (SCHED_SIZE / 64)
+
+/* Working memory of the single schedule builder (too large for the stack). It survives
+ * between build steps: a build is spread over several datagrams. */
 struct build_scratch {
+	__u32 phase;			/* enum build_phase */
+	__u32 version;			/* table version being built */
 	__u32 n;			/* live gateways copied below, in slot order */
-	__u32 best;			/* the step's winner so far (kept out of the verifier's view) */
-	__u64 total;			/* sum of their weights */
-	__u64 gcd;
-	__u16 slot[MAX_GATEWAYS];
-	__u16 port[MAX_GATEWAYS];
-	__u32 weight[MAX_GATEWAYS];
-	__s64 current[MAX_GATEWAYS];	/* smooth WRR "current weight" of each gateway */
+	__u32 total;			/* sum of their weights */
+	__u32 gcd;
+	__u32 cycle;			/* positions the deadline scheduler fills */
+	__u32 span;			/* T: the cycle's length in weight units (see scheduler.bpf.h) */
+	__u32 len;			/* entries of the finished schedule */
+	__u32 pos;			/* next position to fill or copy */
+	__u32 buffer;			/* schedule buffer being written */
+	__u32 late_head;		/* item + 1 due after the last position, 0 if none */
+	__u32 pad;
+	__u64 deadline_summary;		/* bit w: deadline_bits[w] is not empty */
+	__u64 deadline_bits[DEADLINE_WORDS];	/* bit d: some gateway's next pick is due by d */
+	__u16 deadline_head[SCHED_SIZE];	/* item + 1 first due by that position, 0 if none */
+	__u16 release_head[SCHED_SIZE];		/* item + 1 whose next pick may start there */
+	__u16 next[MAX_GATEWAYS];		/* the list an item is on: item + 1 after it */
+	__u32 entry[MAX_GATEWAYS];		/* SCHED_ENTRY of each item */
+	__u32 weight[MAX_GATEWAYS];		/* picks per cycle */
+	__u32 picks[MAX_GATEWAYS];		/* picks so far */
+	__u32 step_q[MAX_GATEWAYS];		/* span / weight, quotient and remainder */
+	__u32 step_r[MAX_GATEWAYS];
+	__u32 due_q[MAX_GATEWAYS];		/* (picks + 1) * span / weight, quotient and remainder */
+	__u32 due_r[MAX_GATEWAYS];
 };
 
 struct {
@@ -46,5 +78,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct build_scratch);
 } lb_scratch SEC(".maps");
+
+static __always_inline struct lb_state *shared_state(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_state, &zero);
+}
+
+static __always_inline struct cpu_data *this_cpu_data(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_percpu, &zero);
+}
+
+static __always_inline struct build_scratch *build_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_scratch, &zero);
+}
 
 #endif /* MAPS_BPF_H */

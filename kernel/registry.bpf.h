@@ -45,13 +45,27 @@ static __always_inline void slot_release(struct lb_state *st, __u32 slot)
 {
 	struct gateway *g = &st->gw[slot & (MAX_GATEWAYS - 1)];
 
+	__u32 index = st->live_index[slot & (MAX_GATEWAYS - 1)], last;
+
 	st->slot_of_port[g->port] = 0;
-	g->port = 0;
+	WRITE_ONCE(g->port, 0);
 	g->weight = 0;
 	g->is_static = 0;
 	st->free_slots[st->free_top & (MAX_GATEWAYS - 1)] = slot;
 	st->free_top++;
+	/* the last live slot fills the hole: the live list stays dense */
 	st->count--;
+	last = st->live_slots[st->count & (MAX_GATEWAYS - 1)];
+	st->live_slots[index & (MAX_GATEWAYS - 1)] = last;
+	st->live_index[last & (MAX_GATEWAYS - 1)] = index;
+}
+
+/* Appends a slot to the live list (caller holds the lock). */
+static __always_inline void live_append(struct lb_state *st, __u32 slot)
+{
+	st->live_index[slot & (MAX_GATEWAYS - 1)] = st->count;
+	st->live_slots[st->count & (MAX_GATEWAYS - 1)] = slot;
+	st->count++;
 }
 
 /* Applies one registration; O(1) under the table lock. Returns an enum reg_event or
@@ -79,12 +93,12 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 			goto out;
 		}
 		g = &st->gw[free & (MAX_GATEWAYS - 1)];
-		g->port = r->port;
 		g->weight = r->weight;
 		g->is_static = r->make_static;
 		g->last_seen_ns = r->now;
+		WRITE_ONCE(g->port, r->port);
 		st->slot_of_port[r->port] = free + 1;
-		st->count++;
+		live_append(st, free);
 		if (!g->is_static && r->now + lb_config.expiry_ns < st->next_expiry_ns)
 			st->next_expiry_ns = r->now + lb_config.expiry_ns;
 		*slot = free;
@@ -108,7 +122,9 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 	g->weight = r->weight;
 	ret = REG_WEIGHT;
 changed:
-	st->version++;
+	/* fully ordered: the table stores above are visible before the new version, which
+	 * the schedule builder reads with a fully ordered operation before copying the table */
+	__sync_fetch_and_add(&st->version, 1);
 out:
 	bpf_spin_unlock(&st->lock);
 	return ret;
@@ -207,7 +223,7 @@ __noinline int registry_update(__u32 port, __u32 weight, __u32 flags, __u64 now)
 		trace("remove port=%u", r->port);
 		break;
 	}
-	rebuild_schedule();
+	schedule_build(BUILD_ONE_STEP);
 	return 0;
 }
 
@@ -237,7 +253,7 @@ static long expire_step(__u64 slot, struct expire_ctx *c)
 	bpf_spin_lock(&st->lock);
 	if (g->port == port && !g->is_static && g->last_seen_ns + lb_config.expiry_ns <= c->now) {
 		slot_release(st, slot);
-		st->version++;
+		__sync_fetch_and_add(&st->version, 1);	/* as in table_apply */
 		removed = 1;
 	}
 	bpf_spin_unlock(&st->lock);
@@ -254,21 +270,17 @@ static long expire_step(__u64 slot, struct expire_ctx *c)
 __noinline int expire_gateways(__u64 now)
 {
 	struct expire_ctx c = { .now = now, .next = NO_DEADLINE };
-	__u32 version;
 
 	c.st = shared_state();
 	c.cpu = this_cpu_data();
 	if (!c.st)
 		return 0;
-	version = c.st->version;
 	bpf_loop(MAX_GATEWAYS, expire_step, &c, 0);
 	/* a gateway added during the scan may be missing from c.next, but its deadline is
 	 * at least now + lb_config.expiry_ns: sweeping by then never misses it */
 	if (c.next > now + lb_config.expiry_ns)
 		c.next = now + lb_config.expiry_ns;
 	c.st->next_expiry_ns = c.next;
-	if (c.st->version != version)
-		rebuild_schedule();
 	return 0;
 }
 

@@ -1,27 +1,104 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* Smooth weighted round-robin (nginx's algorithm), precomputed as a schedule.
+/* Smooth weighted round-robin, precomputed as a schedule that packets step through.
  *
- * Packets only step a per-CPU cursor through the published schedule: O(1), lock-free.
- * The schedule is rebuilt when a registration changes membership or a weight, into the
- * inactive buffer, then published with one atomic exchange. Its length is one full cycle,
- * sum(weights) / gcd(weights), capped at SCHED_SIZE; beyond that it holds the first
- * SCHED_SIZE picks, where each gateway's count is within a few picks of its exact share
- * (well under 0.1 percentage points). */
+ * The order: one cycle of L = sum(w) / gcd(w) positions gives gateway i exactly
+ * c_i = w_i / gcd picks, and in every prefix of k positions its count is within 1 of
+ * k * c_i / L. Pick j of gateway i (1-based) may not come before position ceil((j-1)L/c_i)
+ * (1-based) and is due by floor(jL/c_i) + 1; these windows can always be met (Tijdeman's
+ * chairman assignment), and earliest-deadline-first meets them. Deadlines sit in buckets
+ * found with a two-level bitmap, so the cycle costs O(L + N). A cycle longer than SCHED_SIZE
+ * is cut at SCHED_SIZE positions (with c_i = w_i, L = sum(w)): each count stays within 1 of
+ * its exact share, under 0.03 percentage points. A short cycle is repeated to fill at least
+ * half the buffer, so cursors keep their phase when the length changes.
+ *
+ * The build is spread over the datagrams that find it pending, a bounded step each, into a
+ * buffer readers do not use; packets keep the published schedule until the new one is
+ * complete. At most one build starts per jiffy, so changes at any rate cost bounded CPU and
+ * every CPU switches schedules at most once per jiffy. Each CPU keeps its cursor across
+ * publications: a change never restarts the cycle. */
 #ifndef SCHEDULER_BPF_H
 #define SCHEDULER_BPF_H
 
-#define BUILD_ROUNDS 4	/* rebuilds one builder does before leaving the rest to the next event */
+#ifndef FILL_STEP
+#define FILL_STEP 256		/* positions one datagram fills: bounds its build work */
+#endif
+#define REPEAT_STEP 2048	/* positions one datagram copies */
+#define FALLBACK_PROBES 4	/* live-list entries tried when a schedule entry has left */
 
-static __always_inline __u64 gcd64(__u64 a, __u64 b)
+#define BUILD_ONE_STEP	0	/* the packet path: one bounded step, at most one build start per jiffy */
+#define BUILD_COMPLETE	1	/* the control program: finish every pending build now */
+
+static __always_inline __u32 gcd32(__u32 a, __u32 b)
 {
-	/* 64 Euclid steps cover any pair of weights below 2^32 */
-	for (int i = 0; i < 64 && b; i++) {
-		__u64 t = a % b;
+	/* 48 Euclid steps cover any pair below 2^32 (Fibonacci numbers are the worst case) */
+	for (int i = 0; i < 48 && b; i++) {
+		__u32 t = a % b;
 
 		a = b;
 		b = t;
 	}
 	return a;
+}
+
+/* Index of the lowest set bit of a non-zero word. */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	__u32 n = 0;
+
+	if (!(x & 0xffffffffULL)) { n += 32; x >>= 32; }
+	if (!(x & 0xffffULL)) { n += 16; x >>= 16; }
+	if (!(x & 0xffULL)) { n += 8; x >>= 8; }
+	if (!(x & 0xfULL)) { n += 4; x >>= 4; }
+	if (!(x & 0x3ULL)) { n += 2; x >>= 2; }
+	if (!(x & 0x1ULL))
+		n += 1;
+	return n;
+}
+
+#define ITEM(i)	((i) & (MAX_GATEWAYS - 1))
+#define POS(p)	((p) & (SCHED_SIZE - 1))
+
+/* Queues an item's next pick by its deadline; one due after the last position (its cycle's
+ * last pick, or beyond a cut schedule) goes on the late list, taken only when nothing is due. */
+static __always_inline void deadline_push(struct build_scratch *s, __u32 item, __u32 due)
+{
+	__u32 word = (due >> 6) & (DEADLINE_WORDS - 1);
+
+	if (due >= s->cycle) {
+		s->next[ITEM(item)] = s->late_head;
+		s->late_head = item + 1;
+		return;
+	}
+	s->next[ITEM(item)] = s->deadline_head[POS(due)];
+	s->deadline_head[POS(due)] = item + 1;
+	s->deadline_bits[word] |= 1ULL << (due & 63);
+	s->deadline_summary |= 1ULL << word;
+}
+
+/* Takes the item whose next pick is due first; -1 if none (cannot happen: see the header). */
+static __always_inline int deadline_pop(struct build_scratch *s)
+{
+	__u32 word, due, head;
+
+	if (!s->deadline_summary) {
+		head = s->late_head;
+		if (!head)
+			return -1;
+		s->late_head = s->next[ITEM(head - 1)];
+		return head - 1;
+	}
+	word = lowest_bit(s->deadline_summary) & (DEADLINE_WORDS - 1);
+	due = word * 64 + lowest_bit(s->deadline_bits[word]);
+	head = s->deadline_head[POS(due)];
+	if (!head)
+		return -1;
+	s->deadline_head[POS(due)] = s->next[ITEM(head - 1)];
+	if (!s->deadline_head[POS(due)]) {
+		s->deadline_bits[word] &= ~(1ULL << (due & 63));
+		if (!s->deadline_bits[word])
+			s->deadline_summary &= ~(1ULL << word);
+	}
+	return head - 1;
 }
 
 struct build_ctx {
@@ -30,168 +107,305 @@ struct build_ctx {
 	struct schedule *out;
 };
 
-/* Copies live gateways in slot order. Lock-free: a change that races with the copy bumps
- * the version read before it, so the builder sees the mismatch and builds again. */
-static long snapshot_step(__u64 slot, struct build_ctx *c)
+/* BUILD_SNAPSHOT, per slot: copies live gateways in slot order, lock-free. A change that
+ * races with the copy bumps the version after the one this build records, so it is built next. */
+static long snapshot_slot(__u64 slot, struct build_ctx *c)
 {
-	struct gateway *g = &c->st->gw[slot & (MAX_GATEWAYS - 1)];
+	struct gateway *g = &c->st->gw[ITEM(slot)];
 	struct build_scratch *s = c->s;
-	__u32 weight = g->weight, n = s->n;
-	__u16 port = g->port;
+	__u32 weight = READ_ONCE(g->weight), n = s->n;
+	__u16 port = READ_ONCE(g->port);
 
 	if (!port || !weight)
 		return 0;
-	s->slot[n & (MAX_GATEWAYS - 1)] = slot;
-	s->port[n & (MAX_GATEWAYS - 1)] = port;
-	s->weight[n & (MAX_GATEWAYS - 1)] = weight;
-	s->current[n & (MAX_GATEWAYS - 1)] = 0;
+	s->entry[ITEM(n)] = SCHED_ENTRY(slot, port);
+	s->weight[ITEM(n)] = weight;
 	s->total += weight;
+	s->gcd = gcd32(weight, s->gcd);
 	s->n = n + 1;
-	s->gcd = gcd64(weight, s->gcd);
 	return 0;
 }
 
-/* One nginx step: every gateway gains its weight, the largest (first on ties) is picked
- * and pays back the total. The winner is kept in map memory, not a register, so the
- * verifier does not track its value and checks the bounded loop in one pass per gateway. */
-static long swrr_step(__u64 t, struct build_ctx *c)
+/* BUILD_START, per item: reduce its weight and queue its first pick, due by span / weight. */
+static long start_item(__u64 i, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
-	__s64 best_current = 0;
-	__u32 n = s->n, best;
+	/* in reverse slot order, so that equal deadlines pop in slot order */
+	__u32 item = ITEM(s->n - 1 - i), weight = s->weight[item];
 
-#pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < MAX_GATEWAYS; i++) {
-		__s64 current;
-
-		if (i >= n)
-			break;
-		current = s->current[i] + s->weight[i];
-		s->current[i] = current;
-		if (i == 0 || current > best_current) {
-			best_current = current;
-			s->best = i;
-		}
-	}
-	best = s->best & (MAX_GATEWAYS - 1);
-	s->current[best] -= s->total;
-	c->out->entry[t & (SCHED_SIZE - 1)].slot = s->slot[best];
-	c->out->entry[t & (SCHED_SIZE - 1)].port = s->port[best];
+	if (s->total / s->gcd <= SCHED_SIZE)
+		weight /= s->gcd;
+	s->weight[item] = weight;
+	s->picks[item] = 0;
+	s->step_q[item] = s->span / weight;
+	s->step_r[item] = s->span % weight;
+	s->due_q[item] = s->step_q[item];
+	s->due_r[item] = s->step_r[item];
+	deadline_push(s, item, s->due_q[item]);
 	return 0;
 }
 
-/* Builds the schedule for the current table into the inactive buffer and publishes it.
- * Returns the table version it was built from. */
-static __always_inline __u32 build_and_publish(struct lb_state *st, struct build_scratch *s,
-					       struct cpu_data *cpu)
+/* BUILD_FILL, per position: release the picks that may start here, take the earliest due. */
+static long fill_position(__u64 unused, struct build_ctx *c)
 {
-	struct build_ctx c = { .st = st, .s = s };
-	__u32 next = st->active ^ 1, version;
-	__u64 len;
+	struct build_scratch *s = c->s;
+	__u32 pos = s->pos, item, picks, release;
+	int popped;
 
-	c.out = bpf_map_lookup_elem(&lb_schedules, &next);
-	if (!c.out)
-		return st->built_version;
-	version = st->version;
-	/* x86 keeps loads in order: the copy below is at least as new as this version */
-	asm volatile("" ::: "memory");
-	s->n = 0;
-	s->total = 0;
-	s->gcd = 0;
-	bpf_loop(MAX_GATEWAYS, snapshot_step, &c, 0);
-	len = s->gcd ? s->total / s->gcd : 0;
-	if (len > SCHED_SIZE)
-		len = SCHED_SIZE;
-	bpf_loop(len, swrr_step, &c, 0);
-	c.out->len = len;
-	c.out->gen = __sync_add_and_fetch(&st->schedule_gen, 1);
-	/* full barrier: the schedule's contents are visible before it becomes active */
-	__sync_lock_test_and_set(&st->active, next);
+	if (pos >= s->cycle)
+		return 1;
+	for (int k = 0; k < MAX_GATEWAYS; k++) {
+		__u32 head = s->release_head[POS(pos)];
+
+		if (!head)
+			break;
+		s->release_head[POS(pos)] = s->next[ITEM(head - 1)];
+		deadline_push(s, head - 1, s->due_q[ITEM(head - 1)]);
+	}
+	popped = deadline_pop(s);
+	if (popped < 0) {
+		s->cycle = s->len = pos;	/* defensive: publish what is filled */
+		return 1;
+	}
+	item = ITEM(popped);
+	WRITE_ONCE(c->out->entry[POS(pos)], s->entry[item]);
+	s->pos = pos + 1;
+	picks = ++s->picks[item];
+	if (picks >= s->weight[item])
+		return 0;
+	/* the next pick may start at ceil(picks * span / weight) (1-based) */
+	release = s->due_q[item] + (s->due_r[item] ? 1 : 0) - 1;
+	s->due_q[item] += s->step_q[item];
+	s->due_r[item] += s->step_r[item];
+	if (s->due_r[item] >= s->weight[item]) {
+		s->due_r[item] -= s->weight[item];
+		s->due_q[item]++;
+	}
+	if (release <= pos + 1)
+		deadline_push(s, item, s->due_q[item]);
+	else if (release < s->cycle) {
+		s->next[item] = s->release_head[POS(release)];
+		s->release_head[POS(release)] = item + 1;
+	}
+	return 0;
+}
+
+/* BUILD_REPEAT, per position: whole copies of the cycle fill the rest of the schedule. */
+static long repeat_position(__u64 unused, struct build_ctx *c)
+{
+	struct build_scratch *s = c->s;
+	__u32 pos = s->pos;
+
+	if (pos >= s->len)
+		return 1;
+	c->out->entry[POS(pos)] = c->out->entry[POS(pos - s->cycle)];
+	s->pos = pos + 1;
+	return 0;
+}
+
+static long clear_lists(__u64 i, struct build_ctx *c)
+{
+	__u64 *heads = (__u64 *)c->s->deadline_head;
+	__u64 *releases = (__u64 *)c->s->release_head;
+
+	/* SCHED_SIZE u16 heads are SCHED_SIZE / 4 words; 4 words each call */
+	for (int k = 0; k < 4; k++) {
+		heads[(i * 4 + k) & (SCHED_SIZE / 4 - 1)] = 0;
+		releases[(i * 4 + k) & (SCHED_SIZE / 4 - 1)] = 0;
+	}
+	return 0;
+}
+
+/* Publishes the finished schedule. The exchange is fully ordered: every entry and header
+ * store above is visible before the new `published`, which readers load and then follow by
+ * address (dependency ordering, as rcu_dereference) to the entries. */
+static __always_inline void publish(struct build_ctx *c, __u32 published)
+{
+	struct cpu_data *cpu = this_cpu_data();
+
+	c->out->len = c->s->len;
+	c->out->cycle = c->s->cycle;
+	c->out->version = c->s->version;
+	c->out->gen = published >> 2;
+	__sync_lock_test_and_set(&c->st->published, published);
+	c->st->sched_version = c->s->version;
 	if (cpu)
 		cpu->global.rebuilds++;
-	return version;
 }
 
-static __always_inline struct lb_state *shared_state(void)
+/* One bounded step of the build state machine. Returns 1 when nothing is left to do. */
+static __always_inline int build_step(struct lb_state *st, struct build_scratch *s, __u32 mode)
 {
-	__u32 zero = 0;
+	struct build_ctx c = { .st = st, .s = s };
+	__u32 key = s->buffer & (SCHED_BUFFERS - 1);
+	__u64 jiffies;
 
-	return bpf_map_lookup_elem(&lb_state, &zero);
+	switch (s->phase) {
+	case BUILD_IDLE:
+		/* fully ordered read: pairs with the fully ordered version bump in the registry,
+		 * so the table copied below is at least as new as this version */
+		s->version = __sync_fetch_and_add(&st->version, 0);
+		if (s->version == st->sched_version)
+			return 1;
+		jiffies = bpf_jiffies64();
+		if (mode == BUILD_ONE_STEP && st->build_jiffies == jiffies)
+			return 1;
+		st->build_jiffies = jiffies;
+		s->n = 0;
+		s->total = 0;
+		s->gcd = 0;
+		s->deadline_summary = 0;
+		s->late_head = 0;
+		for (int w = 0; w < DEADLINE_WORDS; w++)
+			s->deadline_bits[w] = 0;
+		bpf_loop(SCHED_SIZE / 16, clear_lists, &c, 0);
+		s->buffer = ((st->published & (SCHED_BUFFERS - 1)) + 1) & (SCHED_BUFFERS - 1);
+		s->phase = BUILD_SNAPSHOT;
+		return 0;
+	case BUILD_SNAPSHOT:
+		bpf_loop(MAX_GATEWAYS, snapshot_slot, &c, 0);
+		if (s->n && s->total / s->gcd <= SCHED_SIZE) {
+			s->cycle = s->total / s->gcd;
+			s->span = s->cycle;
+			/* whole cycles, at least half the buffer */
+			s->len = s->cycle * (SCHED_SIZE / s->cycle);
+		} else {
+			s->cycle = s->n ? SCHED_SIZE : 0;
+			s->span = s->total;
+			s->len = s->cycle;
+		}
+		s->pos = 0;
+		s->phase = BUILD_START;
+		return 0;
+	case BUILD_START:
+		bpf_loop(s->n, start_item, &c, 0);
+		s->phase = BUILD_FILL;
+		return 0;
+	case BUILD_FILL:
+	case BUILD_REPEAT:
+		break;
+	default:
+		s->phase = BUILD_IDLE;
+		return 0;
+	}
+
+	c.out = bpf_map_lookup_elem(&lb_schedules, &key);
+	if (!c.out) {
+		s->phase = BUILD_IDLE;
+		return 1;
+	}
+	if (s->phase == BUILD_FILL) {
+		bpf_loop(FILL_STEP, fill_position, &c, 0);
+		if (s->pos < s->cycle)
+			return 0;
+		s->phase = BUILD_REPEAT;
+		return 0;
+	}
+	bpf_loop(REPEAT_STEP, repeat_position, &c, 0);
+	if (s->pos < s->len)
+		return 0;
+	publish(&c, (((st->published >> 2) + 1) << 2) | key);
+	s->phase = BUILD_IDLE;
+	return 0;
 }
 
-static __always_inline struct cpu_data *this_cpu_data(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&lb_percpu, &zero);
-}
-
-struct rebuild_ctx {
+struct build_loop_ctx {
 	struct lb_state *st;
 	struct build_scratch *s;
-	struct cpu_data *cpu;
+	__u32 mode;
+	__u32 done;
 };
 
-static long rebuild_round(__u64 round, struct rebuild_ctx *c)
+/* Takes the builder lock, runs one step, releases it. A CPU that finds the builder busy
+ * goes on with the published schedule; the control program tries again. */
+static long build_round(__u64 round, struct build_loop_ctx *c)
 {
-	struct lb_state *st = c->st;
-
-	if (st->built_version == st->version)
-		return 1;
-	if (__sync_lock_test_and_set(&st->building, 1))
-		return 1;	/* the CPU that builds now re-checks the version when done */
-	st->built_version = build_and_publish(st, c->s, c->cpu);
-	__sync_lock_test_and_set(&st->building, 0);
-	return 0;
+	if (__sync_lock_test_and_set(&c->st->building, 1))
+		return c->mode == BUILD_ONE_STEP;
+	c->done = build_step(c->st, c->s, c->mode);
+	/* fully ordered: this step's stores are visible to the next builder */
+	__sync_lock_test_and_set(&c->st->building, 0);
+	return c->mode == BUILD_ONE_STEP || c->done;
 }
 
-/* Rebuilds until the schedule matches the table, a bounded number of times; a change left
- * over is picked up by the next datagram, which sees built_version != version.
+/* Advances the schedule build: one step (packet path) or to completion (control program).
  * Global, so the verifier checks it once rather than at every call site. */
-__noinline int rebuild_schedule(void)
+__noinline int schedule_build(__u32 mode)
 {
-	struct rebuild_ctx c = { .st = shared_state(), .cpu = this_cpu_data() };
-	__u32 zero = 0;
+	struct build_loop_ctx c = { .st = shared_state(), .s = build_scratch(), .mode = mode };
 
-	c.s = bpf_map_lookup_elem(&lb_scratch, &zero);
 	if (!c.st || !c.s)
 		return 0;
-	bpf_loop(BUILD_ROUNDS, rebuild_round, &c, 0);
+	if (mode == BUILD_ONE_STEP && c.s->phase == BUILD_IDLE &&
+	    c.st->build_jiffies == bpf_jiffies64())
+		return 0;	/* rate-limited: a build already started in this jiffy */
+	/* a full build is under 30 steps; waiting for a busy builder is bounded too */
+	bpf_loop(mode == BUILD_ONE_STEP ? 1 : 1 << 16, build_round, &c, 0);
 	return 0;
 }
 
-#define LIVE_PROBES 8	/* entries tried when the picked gateway was just removed */
-
-/* Picks the next schedule entry for this CPU; NULL when the schedule is empty. */
-static __always_inline struct sched_entry *schedule_next(struct lb_state *st, struct cpu_data *cpu)
+/* A build is due or under way. Two plain loads: the fast path of every service datagram. */
+static __always_inline int schedule_pending(struct lb_state *st)
 {
-	__u32 key = st->active & 1;
+	return READ_ONCE(st->sched_version) != READ_ONCE(st->version);
+}
+
+/* Any live gateway, from the dense live list: when the schedule's entry has left the table
+ * (its build is pending) or no schedule is published yet. 0 if none is live. */
+static __always_inline __u32 live_fallback(struct lb_state *st, __u32 seed)
+{
+	__u32 n = READ_ONCE(st->count);
+
+	if (!n || n > MAX_GATEWAYS)
+		return 0;
+	for (__u32 k = 0; k < FALLBACK_PROBES; k++) {
+		__u32 index = (seed + k) % n, slot;
+
+		/* the compiler knows index < n <= MAX_GATEWAYS and would drop the mask the verifier needs */
+		asm volatile("" : "+r"(index));
+		slot = READ_ONCE(st->live_slots[ITEM(index)]);
+		__u16 port = READ_ONCE(st->gw[ITEM(slot)].port);
+
+		if (port)
+			return SCHED_ENTRY(slot, port);
+	}
+	return 0;
+}
+
+/* Takes up the newest publication, keeping this CPU's place: the cursor moves to the same
+ * phase of the new schedule. A CPU's first schedule starts at its own offset (golden-ratio
+ * spread), so CPUs are never in step. */
+static __noinline void adopt_schedule(struct cpu_data *cpu, __u32 published, __u32 len)
+{
+	if (cpu->len)
+		cpu->cursor = len ? (__u32)(((__u64)cpu->cursor * len) / cpu->len) : 0;
+	else
+		cpu->cursor = len ? ((bpf_get_smp_processor_id() * 0x9E3779B9u) >> 20) % len : 0;
+	cpu->published = published;
+	cpu->len = len;
+}
+
+/* The next gateway for this CPU, as SCHED_ENTRY(slot, port); 0 when none is live.
+ * The entry is read once, as one value, and checked against the live table. */
+static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data *cpu)
+{
+	__u32 published = READ_ONCE(st->published), key = published & (SCHED_BUFFERS - 1);
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
-	struct sched_entry *pick;
-	__u32 pos, next;
+	__u32 pos, entry;
 
-	if (!sched || !sched->len)
-		return NULL;
-	if (cpu->gen != sched->gen) {
-		/* a new schedule starts its cycle from the beginning on every CPU */
-		cpu->gen = sched->gen;
-		cpu->cursor = 0;
-	}
+	if (!sched)
+		return 0;
+	if (published != cpu->published)
+		adopt_schedule(cpu, published, READ_ONCE(sched->len));
 	pos = cpu->cursor;
-	next = pos + 1;
-	cpu->cursor = next < sched->len ? next : 0;
-	pick = &sched->entry[pos & (SCHED_SIZE - 1)];
-	if (st->built_version == st->version)
-		return pick;
-
-	/* the table changed and this schedule is not rebuilt yet (another CPU is on it):
-	 * trust only entries whose gateway is still in the table */
-	for (__u32 i = 0; i < LIVE_PROBES; i++) {
-		pick = &sched->entry[((pos + i) % sched->len) & (SCHED_SIZE - 1)];
-		if (pick->port && st->gw[pick->slot & (MAX_GATEWAYS - 1)].port == pick->port)
-			return pick;
-	}
-	return NULL;
+	if (pos >= cpu->len)
+		return live_fallback(st, pos);
+	cpu->cursor = pos + 1 < cpu->len ? pos + 1 : 0;
+	entry = READ_ONCE(sched->entry[POS(pos)]);
+	if (ENTRY_PORT(entry) && READ_ONCE(st->gw[ITEM(ENTRY_SLOT(entry))].port) == ENTRY_PORT(entry))
+		return entry;
+	cpu->global.stale_picks++;
+	return live_fallback(st, pos);
 }
 
 #endif /* SCHEDULER_BPF_H */

@@ -17,7 +17,7 @@ from typing import Optional
 
 from ebpflb import libbpf
 from ebpflb.instance import Instance
-from ebpflb.layout import CpuData, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
+from ebpflb.layout import SCHED_BUFFERS, CpuData, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
 from ebpflb.libbpf import XdpMd
 from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 
@@ -72,8 +72,8 @@ class Dataplane:
         per_cpu = (ctypes.sizeof(CpuData) + 7) & ~7
         zeroed: list[tuple[str, int, ctypes.Array | ctypes.Structure]] = [
             ("lb_state", 0, LbState()),
-            ("lb_schedules", 0, Schedule()),
-            ("lb_schedules", 1, Schedule()),
+            *(("lb_schedules", key, Schedule()) for key in range(SCHED_BUFFERS)),
+            ("lb_scratch", 0, (ctypes.c_char * self.obj.value_size("lb_scratch"))()),
             ("lb_percpu", 0, (ctypes.c_char * (per_cpu * libbpf.num_possible_cpus()))()),
         ]
         for name, key, value in zeroed:

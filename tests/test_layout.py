@@ -146,7 +146,7 @@ def map_definition(name: str) -> dict[str, int | str]:
     "name,map_type,entries,mirror",
     [
         ("lb_state", BTF_MAP_ARRAY, 1, layout.LbState),
-        ("lb_schedules", BTF_MAP_ARRAY, 2, layout.Schedule),
+        ("lb_schedules", BTF_MAP_ARRAY, layout.SCHED_BUFFERS, layout.Schedule),
         ("lb_percpu", BTF_MAP_PERCPU_ARRAY, 1, layout.CpuData),
     ],
 )
@@ -180,11 +180,12 @@ def test_constants_match_the_header() -> None:
     defines = header_defines()
     assert defines["MAX_GATEWAYS"] == layout.MAX_GATEWAYS
     assert defines["SCHED_SIZE"] == layout.SCHED_SIZE
+    assert defines["SCHED_BUFFERS"] == layout.SCHED_BUFFERS
     assert defines["MAX_WEIGHT"] == layout.MAX_WEIGHT
     assert defines["REG_PAYLOAD_MIN"] == layout.REG_PAYLOAD_MIN
     # the object was built with them: the arrays they size have those lengths
     assert layout.LbState.gw.size == layout.MAX_GATEWAYS * ctypes.sizeof(layout.Gateway)
-    assert layout.Schedule.entry.size == layout.SCHED_SIZE * ctypes.sizeof(layout.SchedEntry)
+    assert layout.Schedule.entry.size == layout.SCHED_SIZE * ctypes.sizeof(ctypes.c_uint32)
 
 
 def test_enums_match_the_header() -> None:
