@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 from ebpflb import libbpf
 from ebpflb.instance import Instance, config_for
-from ebpflb.layout import MAX_GATEWAYS, CtlOp, GlobalCounters, LbState, Schedule
+from ebpflb.layout import MAX_GATEWAYS, SCHED_BUFFERS, CtlOp, GlobalCounters, LbState, Schedule
 from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 from ebpflb.system import require_bpffs
 
@@ -77,7 +77,7 @@ class EbpflbUnderTest:
         sched = Schedule()
         fd = libbpf.obj_get(self.instance.pin("lb_schedules"))
         try:
-            libbpf.map_lookup(fd, state.active & 1, sched)
+            libbpf.map_lookup(fd, state.published & (SCHED_BUFFERS - 1), sched)
         finally:
             os.close(fd)
         return sched.len

@@ -4,7 +4,10 @@ A gateway is a UDP socket on a local port. It registers by sending, *from that s
 datagram to the registration port (default 3000) on 127.0.0.1 or ::1 whose first 4 payload
 bytes are its weight (u32 big-endian, 1-65535); the source port of that datagram is the port
 ebpflb sends service datagrams to. Sending it again is a heartbeat (and may change the
-weight); weight 0 removes the gateway at once. A gateway not heard from for the expiry time
+weight); weight 0 removes the gateway at once. Datagrams the balancer rewrote just before
+the removal may still be on their way to the socket: keep the socket open and read it for a
+grace period (DEREGISTER_GRACE_S, 0.1 s; `close()` does this) before closing it, and nothing
+is lost. A gateway not heard from for the expiry time
 (`ebpflb load -e S`, default 30 s) is removed, so the heartbeat interval (default 1 s) must be
 well below it: a few missed heartbeats must not expire a healthy gateway.
 
@@ -25,11 +28,13 @@ import logging
 import socket
 import struct
 import threading
+import time
 from typing import Optional
 
 MAX_WEIGHT = 65535
 DEFAULT_REG_PORT = 3000
 DEFAULT_INTERVAL_S = 1.0
+DEREGISTER_GRACE_S = 0.1  # far longer than a datagram takes from the XDP program to the socket
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 WILDCARD = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 
@@ -177,13 +182,17 @@ class Gateway:
             except OSError as e:
                 log.warning("gateway %d: could not deregister: %s", self.port, e)
 
-    def close(self) -> None:
-        """Deregisters, stops heartbeating and closes the socket if the helper created it."""
+    def close(self, grace: float = DEREGISTER_GRACE_S) -> None:
+        """Deregisters, stops heartbeating, waits `grace` seconds (keep reading the socket
+        meanwhile: datagrams already on their way still arrive), then closes the socket if the
+        helper created it."""
         if self._closed:
             return
         self.stop(deregister=True)
         self._closed = True
         if self._owns_socket:
+            if grace > 0:
+                time.sleep(grace)
             self.sock.close()
 
     def __enter__(self) -> "Gateway":

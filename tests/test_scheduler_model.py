@@ -521,3 +521,44 @@ def test_datagrams_complete_a_build_within_a_few_jiffies(dataplane: Dataplane) -
     assert dataplane.counters()["rebuilds"] == rebuilds + 1
 
 
+# ---------------------------------------------------------------- shares while weights change, in the kernel
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("by_packet", [True, False], ids=["by datagram", "by control op"])
+@pytest.mark.parametrize("gateways", [64, 256])
+def test_kernel_shares_hold_when_a_weight_changes_every_second_datagram(
+    dataplane: Dataplane, gateways: int, by_packet: bool
+) -> None:
+    """By datagram, changes are built over the following datagrams and published at most once
+    per jiffy; by control operation, every change is published at once (the worst case)."""
+    base = base_table(gateways)
+    for port, weight in base.items():
+        if by_packet:
+            assert dataplane.run(P.registration4(port, weight))[0] == XDP_DROP
+        else:
+            dataplane.instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
+    settle(dataplane)
+    assert {p: w for p, (_, w) in dataplane.gateways().items()} == base
+    ports: list[int] = []
+    tables: list[dict[int, int]] = []
+    interned: dict[tuple[int, ...], dict[int, int]] = {}
+    weights = base
+    with on_one_cpu():
+        for n in range(2 * WINDOW):
+            if n and n % 2 == 0:
+                weights = reweight(weights, base, n // 2)
+                weights = interned.setdefault(tuple(weights.values()), weights)
+                port = sorted(base)[(n // 2) % 4]
+                if by_packet:
+                    assert dataplane.run(P.registration4(port, weights[port]))[0] == XDP_DROP
+                else:
+                    dataplane.instance.control(CtlOp.SET_WEIGHT, port=port, weight=weights[port])
+            ports.extend(send(dataplane, 1))
+            tables.append(weights)
+    counters = dataplane.counters()
+    assert counters["service"] == 2 * WINDOW and counters["no_gateway_passed"] == 0
+    assert counters["rebuilds"] > 100  # the schedule really changed underneath
+    worst, starved = share_errors(ports, tables)
+    assert starved == 0
+    assert worst <= 0.5, f"share off by {worst:.3f} points"
