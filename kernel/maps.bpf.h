@@ -43,6 +43,18 @@ enum build_phase {
 
 #define DEADLINE_WORDS (SCHED_SIZE / 64)
 
+/* One live gateway while a schedule is built. */
+struct build_item {
+	__u32 entry;		/* SCHED_ENTRY(slot, port) */
+	__u32 weight;		/* picks per cycle */
+	__u32 picks;		/* picks so far */
+	__u32 step_q;		/* span / weight, quotient and remainder */
+	__u32 step_r;
+	__u32 due_q;		/* (picks + 1) * span / weight, quotient and remainder: the next deadline */
+	__u32 due_r;
+	__u32 next;		/* item + 1 after this one on its deadline or release list, 0 at the end */
+};
+
 /* Working memory of the single schedule builder (too large for the stack). It survives
  * between build steps: a build is spread over several datagrams. */
 struct build_scratch {
@@ -62,14 +74,7 @@ struct build_scratch {
 	__u64 deadline_bits[DEADLINE_WORDS];	/* bit d: some gateway's next pick is due by d */
 	__u16 deadline_head[SCHED_SIZE];	/* item + 1 first due by that position, 0 if none */
 	__u16 release_head[SCHED_SIZE];		/* item + 1 whose next pick may start there */
-	__u16 next[MAX_GATEWAYS];		/* the list an item is on: item + 1 after it */
-	__u32 entry[MAX_GATEWAYS];		/* SCHED_ENTRY of each item */
-	__u32 weight[MAX_GATEWAYS];		/* picks per cycle */
-	__u32 picks[MAX_GATEWAYS];		/* picks so far */
-	__u32 step_q[MAX_GATEWAYS];		/* span / weight, quotient and remainder */
-	__u32 step_r[MAX_GATEWAYS];
-	__u32 due_q[MAX_GATEWAYS];		/* (picks + 1) * span / weight, quotient and remainder */
-	__u32 due_r[MAX_GATEWAYS];
+	struct build_item item[MAX_GATEWAYS];	/* the live gateways, in slot order */
 };
 
 struct {

@@ -20,9 +20,9 @@
 #define SCHEDULER_BPF_H
 
 #ifndef FILL_STEP
-#define FILL_STEP 256		/* positions one datagram fills: bounds its build work */
+#define FILL_STEP 128		/* positions one datagram fills: bounds its build work */
 #endif
-#define REPEAT_STEP 2048	/* positions one datagram copies */
+#define REPEAT_STEP 1024	/* positions one datagram copies */
 #define FALLBACK_PROBES 4	/* live-list entries tried when a schedule entry has left */
 
 #define BUILD_ONE_STEP	0	/* the packet path: one bounded step, at most one build start per jiffy */
@@ -60,17 +60,17 @@ static __always_inline __u32 lowest_bit(__u64 x)
 
 /* Queues an item's next pick by its deadline; one due after the last position (its cycle's
  * last pick, or beyond a cut schedule) goes on the late list, taken only when nothing is due. */
-static __always_inline void deadline_push(struct build_scratch *s, __u32 item, __u32 due)
+static __always_inline void deadline_push(struct build_scratch *s, __u32 i, struct build_item *it)
 {
-	__u32 word = (due >> 6) & (DEADLINE_WORDS - 1);
+	__u32 due = it->due_q, word = (due >> 6) & (DEADLINE_WORDS - 1);
 
 	if (due >= s->cycle) {
-		s->next[ITEM(item)] = s->late_head;
-		s->late_head = item + 1;
+		it->next = s->late_head;
+		s->late_head = i + 1;
 		return;
 	}
-	s->next[ITEM(item)] = s->deadline_head[POS(due)];
-	s->deadline_head[POS(due)] = item + 1;
+	it->next = s->deadline_head[POS(due)];
+	s->deadline_head[POS(due)] = i + 1;
 	s->deadline_bits[word] |= 1ULL << (due & 63);
 	s->deadline_summary |= 1ULL << word;
 }
@@ -84,7 +84,7 @@ static __always_inline int deadline_pop(struct build_scratch *s)
 		head = s->late_head;
 		if (!head)
 			return -1;
-		s->late_head = s->next[ITEM(head - 1)];
+		s->late_head = s->item[ITEM(head - 1)].next;
 		return head - 1;
 	}
 	word = lowest_bit(s->deadline_summary) & (DEADLINE_WORDS - 1);
@@ -92,7 +92,7 @@ static __always_inline int deadline_pop(struct build_scratch *s)
 	head = s->deadline_head[POS(due)];
 	if (!head)
 		return -1;
-	s->deadline_head[POS(due)] = s->next[ITEM(head - 1)];
+	s->deadline_head[POS(due)] = s->item[ITEM(head - 1)].next;
 	if (!s->deadline_head[POS(due)]) {
 		s->deadline_bits[word] &= ~(1ULL << (due & 63));
 		if (!s->deadline_bits[word])
@@ -107,112 +107,153 @@ struct build_ctx {
 	struct schedule *out;
 };
 
-/* BUILD_SNAPSHOT, per slot: copies live gateways in slot order, lock-free. A change that
- * races with the copy bumps the version after the one this build records, so it is built next. */
-static long snapshot_slot(__u64 slot, struct build_ctx *c)
-{
-	struct gateway *g = &c->st->gw[ITEM(slot)];
-	struct build_scratch *s = c->s;
-	__u32 weight = READ_ONCE(g->weight), n = s->n;
-	__u16 port = READ_ONCE(g->port);
+#define SNAPSHOT_UNROLL 16	/* slots per callback */
 
-	if (!port || !weight)
-		return 0;
-	s->entry[ITEM(n)] = SCHED_ENTRY(slot, port);
-	s->weight[ITEM(n)] = weight;
-	s->total += weight;
-	s->gcd = gcd32(weight, s->gcd);
-	s->n = n + 1;
+/* BUILD_SNAPSHOT, SNAPSHOT_UNROLL slots: copies live gateways in slot order, lock-free. A
+ * change that races with the copy bumps the version after the one this build records, so it
+ * is built next. */
+static long snapshot_slots(__u64 i, struct build_ctx *c)
+{
+	struct build_scratch *s = c->s;
+
+	for (int k = 0; k < SNAPSHOT_UNROLL; k++) {
+		__u32 slot = ITEM(i * SNAPSHOT_UNROLL + k), n = s->n;
+		struct gateway *g = &c->st->gw[slot];
+		__u32 weight = READ_ONCE(g->weight);
+		__u16 port = READ_ONCE(g->port);
+
+		if (!port || !weight)
+			continue;
+		s->item[ITEM(n)].entry = SCHED_ENTRY(slot, port);
+		s->item[ITEM(n)].weight = weight;
+		s->total += weight;
+		if (s->gcd != 1)
+			s->gcd = gcd32(weight, s->gcd);
+		s->n = n + 1;
+	}
 	return 0;
 }
 
-/* BUILD_START, per item: reduce its weight and queue its first pick, due by span / weight. */
-static long start_item(__u64 i, struct build_ctx *c)
+#define START_UNROLL 8	/* items per callback */
+
+/* BUILD_START, START_UNROLL items: reduce each weight and queue its first pick, due by
+ * span / weight; in reverse slot order, so that equal deadlines pop in slot order. */
+static long start_items(__u64 i, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
-	/* in reverse slot order, so that equal deadlines pop in slot order */
-	__u32 item = ITEM(s->n - 1 - i), weight = s->weight[item];
 
-	if (s->total / s->gcd <= SCHED_SIZE)
-		weight /= s->gcd;
-	s->weight[item] = weight;
-	s->picks[item] = 0;
-	s->step_q[item] = s->span / weight;
-	s->step_r[item] = s->span % weight;
-	s->due_q[item] = s->step_q[item];
-	s->due_r[item] = s->step_r[item];
-	deadline_push(s, item, s->due_q[item]);
+	for (int k = 0; k < START_UNROLL; k++) {
+		__u32 done = i * START_UNROLL + k, index;
+		struct build_item *it;
+
+		if (done >= s->n)
+			return 1;
+		index = ITEM(s->n - 1 - done);
+		it = &s->item[index];
+		if (s->total / s->gcd <= SCHED_SIZE)
+			it->weight /= s->gcd;
+		it->picks = 0;
+		it->step_q = s->span / it->weight;
+		it->step_r = s->span % it->weight;
+		it->due_q = it->step_q;
+		it->due_r = it->step_r;
+		deadline_push(s, index, it);
+	}
 	return 0;
 }
 
-/* BUILD_FILL, per position: release the picks that may start here, take the earliest due. */
-static long fill_position(__u64 unused, struct build_ctx *c)
+/* One position: release the picks that may start here, take the earliest due. */
+static __always_inline int fill_one(struct build_scratch *s, struct schedule *out, __u32 pos)
 {
-	struct build_scratch *s = c->s;
-	__u32 pos = s->pos, item, picks, release;
+	struct build_item *it;
+	__u32 index, release;
 	int popped;
 
-	if (pos >= s->cycle)
-		return 1;
+	if (!s || !out)
+		return -1;
 	for (int k = 0; k < MAX_GATEWAYS; k++) {
 		__u32 head = s->release_head[POS(pos)];
 
 		if (!head)
 			break;
-		s->release_head[POS(pos)] = s->next[ITEM(head - 1)];
-		deadline_push(s, head - 1, s->due_q[ITEM(head - 1)]);
+		it = &s->item[ITEM(head - 1)];
+		s->release_head[POS(pos)] = it->next;
+		deadline_push(s, head - 1, it);
 	}
 	popped = deadline_pop(s);
-	if (popped < 0) {
-		s->cycle = s->len = pos;	/* defensive: publish what is filled */
-		return 1;
-	}
-	item = ITEM(popped);
-	WRITE_ONCE(c->out->entry[POS(pos)], s->entry[item]);
-	s->pos = pos + 1;
-	picks = ++s->picks[item];
-	if (picks >= s->weight[item])
+	if (popped < 0)
+		return -1;
+	index = ITEM(popped);
+	it = &s->item[index];
+	WRITE_ONCE(out->entry[POS(pos)], it->entry);
+	if (++it->picks >= it->weight)
 		return 0;
 	/* the next pick may start at ceil(picks * span / weight) (1-based) */
-	release = s->due_q[item] + (s->due_r[item] ? 1 : 0) - 1;
-	s->due_q[item] += s->step_q[item];
-	s->due_r[item] += s->step_r[item];
-	if (s->due_r[item] >= s->weight[item]) {
-		s->due_r[item] -= s->weight[item];
-		s->due_q[item]++;
+	release = it->due_q + (it->due_r ? 1 : 0) - 1;
+	it->due_q += it->step_q;
+	it->due_r += it->step_r;
+	if (it->due_r >= it->weight) {
+		it->due_r -= it->weight;
+		it->due_q++;
 	}
-	if (release <= pos + 1)
-		deadline_push(s, item, s->due_q[item]);
-	else if (release < s->cycle) {
-		s->next[item] = s->release_head[POS(release)];
-		s->release_head[POS(release)] = item + 1;
+	if (release <= pos + 1) {
+		deadline_push(s, index, it);
+	} else if (release < s->cycle) {
+		it->next = s->release_head[POS(release)];
+		s->release_head[POS(release)] = index + 1;
 	}
 	return 0;
 }
 
-/* BUILD_REPEAT, per position: whole copies of the cycle fill the rest of the schedule. */
-static long repeat_position(__u64 unused, struct build_ctx *c)
+#define FILL_UNROLL 1	/* positions per callback */
+
+/* BUILD_FILL, FILL_UNROLL positions. */
+static long fill_positions(__u64 unused, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
-	__u32 pos = s->pos;
 
-	if (pos >= s->len)
-		return 1;
-	c->out->entry[POS(pos)] = c->out->entry[POS(pos - s->cycle)];
-	s->pos = pos + 1;
+	for (int k = 0; k < FILL_UNROLL; k++) {
+		__u32 pos = s->pos;
+
+		if (pos >= s->cycle)
+			return 1;
+		if (fill_one(s, c->out, pos) < 0) {
+			s->cycle = s->len = pos;	/* defensive: publish what is filled */
+			return 1;
+		}
+		s->pos = pos + 1;
+	}
 	return 0;
 }
 
-static long clear_lists(__u64 i, struct build_ctx *c)
-{
-	__u64 *heads = (__u64 *)c->s->deadline_head;
-	__u64 *releases = (__u64 *)c->s->release_head;
+#define REPEAT_UNROLL 64	/* entries copied per callback */
 
-	/* SCHED_SIZE u16 heads are SCHED_SIZE / 4 words; 4 words each call */
-	for (int k = 0; k < 4; k++) {
-		heads[(i * 4 + k) & (SCHED_SIZE / 4 - 1)] = 0;
-		releases[(i * 4 + k) & (SCHED_SIZE / 4 - 1)] = 0;
+/* BUILD_REPEAT: whole copies of the cycle fill the rest of the schedule. */
+static long repeat_positions(__u64 unused, struct build_ctx *c)
+{
+	struct build_scratch *s = c->s;
+	__u32 pos = s->pos, cycle = s->cycle;
+
+	for (int k = 0; k < REPEAT_UNROLL; k++) {
+		if (pos >= s->len)
+			break;
+		c->out->entry[POS(pos)] = c->out->entry[POS(pos - cycle)];
+		pos++;
 	}
+	s->pos = pos;
+	return pos >= s->len;
+}
+
+#define DRAIN_UNROLL 1	/* leftover items taken per callback */
+
+/* After a cut schedule is filled, gateways still queued are taken off, so every list is
+ * empty for the next build without clearing 16 KiB of list heads (cache-cold, that costs
+ * more than the rest of a step). A whole cycle leaves nothing queued. */
+static long drain_leftovers(__u64 i, struct build_ctx *c)
+{
+	for (int k = 0; k < DRAIN_UNROLL; k++)
+		if (deadline_pop(c->s) < 0)
+			return 1;
 	return 0;
 }
 
@@ -254,16 +295,11 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		s->n = 0;
 		s->total = 0;
 		s->gcd = 0;
-		s->deadline_summary = 0;
-		s->late_head = 0;
-		for (int w = 0; w < DEADLINE_WORDS; w++)
-			s->deadline_bits[w] = 0;
-		bpf_loop(SCHED_SIZE / 16, clear_lists, &c, 0);
 		s->buffer = ((st->published & (SCHED_BUFFERS - 1)) + 1) & (SCHED_BUFFERS - 1);
 		s->phase = BUILD_SNAPSHOT;
 		return 0;
 	case BUILD_SNAPSHOT:
-		bpf_loop(MAX_GATEWAYS, snapshot_slot, &c, 0);
+		bpf_loop(MAX_GATEWAYS / SNAPSHOT_UNROLL, snapshot_slots, &c, 0);
 		if (s->n && s->total / s->gcd <= SCHED_SIZE) {
 			s->cycle = s->total / s->gcd;
 			s->span = s->cycle;
@@ -278,7 +314,7 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		s->phase = BUILD_START;
 		return 0;
 	case BUILD_START:
-		bpf_loop(s->n, start_item, &c, 0);
+		bpf_loop((s->n + START_UNROLL - 1) / START_UNROLL, start_items, &c, 0);
 		s->phase = BUILD_FILL;
 		return 0;
 	case BUILD_FILL:
@@ -295,13 +331,14 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		return 1;
 	}
 	if (s->phase == BUILD_FILL) {
-		bpf_loop(FILL_STEP, fill_position, &c, 0);
+		bpf_loop(FILL_STEP / FILL_UNROLL, fill_positions, &c, 0);
 		if (s->pos < s->cycle)
 			return 0;
+		bpf_loop(MAX_GATEWAYS / DRAIN_UNROLL + 1, drain_leftovers, &c, 0);
 		s->phase = BUILD_REPEAT;
 		return 0;
 	}
-	bpf_loop(REPEAT_STEP, repeat_position, &c, 0);
+	bpf_loop(REPEAT_STEP / REPEAT_UNROLL, repeat_positions, &c, 0);
 	if (s->pos < s->len)
 		return 0;
 	publish(&c, (((st->published >> 2) + 1) << 2) | key);
