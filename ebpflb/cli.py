@@ -178,6 +178,7 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "registrations_rejected": {r.name.lower(): c.reg_rejected[r] for r in RejectReason},
             "expired": c.expired,
             "schedule_rebuilds": c.rebuilds,
+            "stale_picks": c.stale_picks,
         },
     }
 

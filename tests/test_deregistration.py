@@ -56,6 +56,14 @@ def test_close_after_the_grace_period_loses_nothing(netns: NetNS, pin_path: str)
             sys.executable, "-m", "tests.traffic", "stream", "--count", str(count), "--rate", str(RATE),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        stop_draining = threading.Event()
+
+        def keep_draining() -> None:  # the stable gateways' queues must never overflow
+            while not stop_draining.wait(0.002):
+                drain_all(stable)
+
+        drainer = threading.Thread(target=keep_draining, daemon=True)
+        drainer.start()
         try:
             for _ in range(CYCLES):
                 churn = gateway.Gateway(port=0, weight=5, host=LOOPBACK[4], interval=0.05)
@@ -66,10 +74,11 @@ def test_close_after_the_grace_period_loses_nothing(netns: NetNS, pin_path: str)
                 churn.close()
                 reader.join(timeout=2)
                 retired.append(reader)
-                drain_all(stable)
             still_streaming = sender.poll() is None
             out, err = sender.communicate(timeout=60)
         finally:
+            stop_draining.set()
+            drainer.join()
             if sender.poll() is None:
                 sender.kill()
                 sender.wait()
