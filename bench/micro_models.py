@@ -12,7 +12,21 @@ from functools import reduce
 from math import gcd
 from typing import Sequence
 
-from ebpflb.scheduler import schedule
+
+def nginx_order(weights: Sequence[int], picks: int) -> list[int]:
+    """nginx's smooth WRR: each gains its weight, the largest (first on ties) pays back the total."""
+    total = sum(weights)
+    current = [0] * len(weights)
+    order = []
+    for _ in range(picks):
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        order.append(best)
+    return order
 
 
 def lowest_ratio_counts(weights: Sequence[int], picks: int) -> list[int]:
@@ -33,7 +47,7 @@ def smooth_wrr_counts(weights: Sequence[int], picks: int) -> list[int]:
     """Packets per gateway after `picks` steps of nginx's smooth WRR from all-zero state."""
     divisor = reduce(gcd, weights)
     cycle = sum(weights) // divisor
-    order = schedule(weights, sched_size=cycle)
+    order = nginx_order(weights, cycle)
     counts = [(picks // cycle) * (w // divisor) for w in weights]
     for slot in order[: picks % cycle]:
         counts[slot] += 1

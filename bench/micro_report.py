@@ -196,8 +196,9 @@ def rebuild_table(results: list[RebuildResult]) -> TableData:
         "registration datagram through the XDP program (BPF_PROG_TEST_RUN, repeat 1, on lo); the schedule is "
         "then built by the service datagrams that follow, one bounded step each, until it is published. "
         "Change datagram: the registration that carries the change. Build-step datagram: each service datagram "
-        "that ran a build step (each run is cache-cold: Python runs between calls). CPU per change: their run times summed, "
-        "less as many plain service datagrams. Control: Instance.control(CtlOp.SET_WEIGHT), which builds at "
+        "that ran a build step (each run is cache-cold: Python runs between calls). CPU per change: their run "
+        "times summed, less as many plain service datagrams. Control: Instance.control(CtlOp.SET_WEIGHT), which "
+        "builds at "
         "once, wall clock including Python. Published: schedules counted by the kernel (= changes).",
     )
     for r in results:

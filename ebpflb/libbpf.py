@@ -128,6 +128,7 @@ class LibBpf:
     bpf_program__fd: Callable[..., Any]
     bpf_program__pin: Callable[..., Any]
     bpf_map__fd: Callable[..., Any]
+    bpf_map__value_size: Callable[..., Any]
     bpf_map__initial_value: Callable[..., Any]
     bpf_map_lookup_elem: Callable[..., Any]
     bpf_map_update_elem: Callable[..., Any]

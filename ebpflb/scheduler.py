@@ -48,7 +48,7 @@ def cycle(weights: Sequence[int], sched_size: int = SCHED_SIZE) -> list[int]:
 
     deadline: dict[int, list[int]] = {}  # position -> items due by it (a stack, as in the kernel)
     release: dict[int, list[int]] = {}  # position -> items whose next pick may start there
-    due = {}  # item -> (picks + 1) * span / weight as (quotient, remainder)
+    due: dict[int, tuple[int, int]] = {}  # item -> (picks + 1) * span / weight, quotient and remainder
 
     def next_due(item: int) -> int:
         return min(due[item][0], length)  # `length`: the late list, taken when nothing is due

@@ -70,7 +70,7 @@ def test_close_after_the_grace_period_loses_nothing(netns: NetNS, pin_path: str)
                 reader = Reader(churn.sock)
                 reader.start()
                 # in rotation: it receives part of the stream
-                assert wait_until(lambda: reader.received, 2.0), "a registered gateway got no datagram"
+                assert wait_until(lambda r=reader: r.received, 2.0), "a registered gateway got no datagram"
                 churn.close()
                 reader.join(timeout=2)
                 retired.append(reader)

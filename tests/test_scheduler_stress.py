@@ -77,7 +77,9 @@ def test_no_datagram_to_a_port_that_was_not_live(dataplane: Dataplane, tmp_path)
     until = time.monotonic_ns() + int(DURATION_S * 1e9)
     ctx = multiprocessing.get_context("fork")
     paths = [str(tmp_path / f"cpu{cpu}.bin") for cpu in cpus[:2]]
-    children = [ctx.Process(target=traffic, args=(dataplane.prog_fd, cpu, until, path)) for cpu, path in zip(cpus, paths)]
+    children = [
+        ctx.Process(target=traffic, args=(dataplane.prog_fd, cpu, until, path)) for cpu, path in zip(cpus, paths)
+    ]
     for child in children:
         child.start()
     changes = 0
