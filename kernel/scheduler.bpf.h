@@ -168,9 +168,6 @@ static __always_inline int fill_one(struct build_scratch *s, struct schedule *ou
 	struct build_item *it;
 	__u32 index, release;
 	int popped;
-
-	if (!s || !out)
-		return -1;
 	for (int k = 0; k < MAX_GATEWAYS; k++) {
 		__u32 head = s->release_head[POS(pos)];
 
@@ -205,24 +202,19 @@ static __always_inline int fill_one(struct build_scratch *s, struct schedule *ou
 	return 0;
 }
 
-#define FILL_UNROLL 1	/* positions per callback */
-
-/* BUILD_FILL, FILL_UNROLL positions. */
-static long fill_positions(__u64 unused, struct build_ctx *c)
+/* BUILD_FILL, one position a callback. */
+static long fill_position(__u64 unused, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
+	__u32 pos = s->pos;
 
-	for (int k = 0; k < FILL_UNROLL; k++) {
-		__u32 pos = s->pos;
-
-		if (pos >= s->cycle)
-			return 1;
-		if (fill_one(s, c->out, pos) < 0) {
-			s->cycle = s->len = pos;	/* defensive: publish what is filled */
-			return 1;
-		}
-		s->pos = pos + 1;
+	if (pos >= s->cycle)
+		return 1;
+	if (fill_one(s, c->out, pos) < 0) {
+		s->cycle = s->len = pos;	/* defensive: publish what is filled */
+		return 1;
 	}
+	s->pos = pos + 1;
 	return 0;
 }
 
@@ -244,17 +236,12 @@ static long repeat_positions(__u64 unused, struct build_ctx *c)
 	return pos >= s->len;
 }
 
-#define DRAIN_UNROLL 1	/* leftover items taken per callback */
-
 /* After a cut schedule is filled, gateways still queued are taken off, so every list is
  * empty for the next build without clearing 16 KiB of list heads (cache-cold, that costs
  * more than the rest of a step). A whole cycle leaves nothing queued. */
-static long drain_leftovers(__u64 i, struct build_ctx *c)
+static long drain_leftover(__u64 i, struct build_ctx *c)
 {
-	for (int k = 0; k < DRAIN_UNROLL; k++)
-		if (deadline_pop(c->s) < 0)
-			return 1;
-	return 0;
+	return deadline_pop(c->s) < 0;
 }
 
 /* Publishes the finished schedule. The exchange is fully ordered: every entry and header
@@ -331,10 +318,10 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		return 1;
 	}
 	if (s->phase == BUILD_FILL) {
-		bpf_loop(FILL_STEP / FILL_UNROLL, fill_positions, &c, 0);
+		bpf_loop(FILL_STEP, fill_position, &c, 0);
 		if (s->pos < s->cycle)
 			return 0;
-		bpf_loop(MAX_GATEWAYS / DRAIN_UNROLL + 1, drain_leftovers, &c, 0);
+		bpf_loop(MAX_GATEWAYS + 1, drain_leftover, &c, 0);
 		s->phase = BUILD_REPEAT;
 		return 0;
 	}
