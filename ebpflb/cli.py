@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EbpflbError
-from .instance import DEFAULT_PIN_PATH, Instance, Snapshot, config_for
+from .instance import DEFAULT_PIN_PATH, GatewayInfo, Instance, Snapshot, config_for
 from .layout import MAX_WEIGHT, CtlOp, RejectReason
 from .object_file import object_path
-from .run import refuse_if_owned, run_foreground
+from .run import refuse_if_owned, remove_stale_lock, run_foreground
+from .system import require_bpffs
 from .trace import TraceEvent, follow, trace_pipe, tracing_is_on
 
 app = typer.Typer(
@@ -55,7 +56,9 @@ DropWithoutGateway = Annotated[
 
 
 def run(action: Callable[[], T]) -> T:
-    """Turns an EbpflbError (or a stray OSError) into one line on stderr and exit code 1."""
+    """Turns an EbpflbError (or a stray OSError) into one line on stderr and exit code 1: the
+    command line was right but the command could not be done. A wrong command line raises
+    UsageError instead, which `invoke` turns into exit code 2."""
     try:
         return action()
     except EbpflbError as e:
@@ -77,10 +80,21 @@ def weight_arg(value: int) -> int:
     return value
 
 
-def check_mode(mode: str) -> None:
+def check_options(mode: str, port: int, reg_port: int, expiry: float) -> None:
+    """Values `load` and `run` cannot take are usage errors (exit 2), found before anything is touched."""
     if mode not in ("auto", "native", "skb"):
-        err.print(f"[red]error:[/red] --mode must be auto, native or skb, not {mode!r}", highlight=False)
-        raise typer.Exit(code=1)
+        raise UsageError(f"--mode must be auto, native or skb, not {mode!r}")
+    try:
+        config_for(port, reg_port, expiry, False, False, False)  # its checks are all of the command line
+    except EbpflbError as e:
+        raise UsageError(str(e)) from None
+
+
+def instance_at(pin_path: str) -> Instance:
+    """The instance at pin_path; without bpffs there, the error names the missing mount rather
+    than saying that nothing is loaded."""
+    require_bpffs(pin_path)
+    return Instance(pin_path)
 
 
 @app.command()
@@ -92,20 +106,15 @@ def load(
     reg_port: RegPort = 3000,
     mode: Mode = "auto",
     drop_without_gateway: DropWithoutGateway = False,
-    userspace: Annotated[
-        bool, typer.Option("-u", "--userspace-registrations", help="Not for load: use `ebpflb run -u`.")
+    userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
+        bool, typer.Option("-u", "--userspace-registrations", hidden=True)
     ] = False,
     pin_path: PinPath = DEFAULT_PIN_PATH,
 ) -> None:
     """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
     if userspace:  # user-space registrations need a process to receive them
-        err.print(
-            "[red]error:[/red] -u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=1)
-    check_mode(mode)
+        raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
+    check_options(mode, port, reg_port, expiry)
 
     def act() -> None:
         config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway)
@@ -132,7 +141,7 @@ def run_cmd(
     pin_path: PinPath = DEFAULT_PIN_PATH,
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
-    check_mode(mode)
+    check_options(mode, port, reg_port, expiry)
 
     def act() -> None:
         config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway)
@@ -148,7 +157,8 @@ def unload(pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
 
     def act() -> None:
         refuse_if_owned(pin_path)
-        detached = Instance(pin_path).unload()
+        detached = instance_at(pin_path).unload()
+        remove_stale_lock(pin_path)  # left by a `run` killed with kill -9
         where = ", ".join(a.ifname for a in detached) or "no interface"
         out.print(f"ebpflb unloaded from {where}; removed {pin_path}")
 
@@ -188,7 +198,7 @@ def status(as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> Non
     """Interfaces, mode, configuration and global counters."""
 
     def act() -> None:
-        instance = Instance(pin_path)
+        instance = instance_at(pin_path)
         info = status_dict(instance, instance.snapshot())
         if as_json:
             print(json.dumps(info, indent=2))
@@ -227,7 +237,7 @@ def gateway_rows(snap: Snapshot) -> list[dict]:
             "packets": g.packets,
             "packet_share": g.packets / total_packets,
             "bytes": g.bytes,
-            "age_s": round(g.age_s, 3),
+            "age_s": None if g.is_static else round(g.age_s, 3),  # a static gateway never expires
             "static": g.is_static,
             "slot": g.slot,
         }
@@ -242,7 +252,7 @@ def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = DE
         return
 
     def act() -> None:
-        rows = gateway_rows(Instance(pin_path).snapshot())
+        rows = gateway_rows(instance_at(pin_path).snapshot())
         if as_json:
             print(json.dumps(rows, indent=2))
             return
@@ -255,7 +265,7 @@ def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = DE
                 str(r["packets"]),
                 f"{100 * r['packet_share']:.1f}",
                 str(r["bytes"]),
-                f"{r['age_s']:.1f}",
+                "-" if r["age_s"] is None else f"{r['age_s']:.1f}",
                 "yes" if r["static"] else "",
             )
         out.print(table if rows else "no gateways registered")
@@ -263,7 +273,11 @@ def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = DE
     run(act)
 
 
-@gateways_app.command("add")
+# Negative numbers must reach the range checks, not be taken for unknown options.
+NUMBERS_MAY_BE_NEGATIVE = {"ignore_unknown_options": True}
+
+
+@gateways_app.command("add", context_settings=NUMBERS_MAY_BE_NEGATIVE)
 def gateways_add(
     port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
     weight: Annotated[int, typer.Option("--weight", "-w", help="Weight, 1-65535.", callback=weight_arg)] = 1,
@@ -271,20 +285,29 @@ def gateways_add(
 ) -> None:
     """Add a gateway by hand. It never expires; `weights set PORT 0` removes it."""
     if weight == 0:
-        err.print("[red]error:[/red] a new gateway needs a weight of at least 1", highlight=False)
-        raise typer.Exit(code=1)
-    run(lambda: Instance(pin_path).control(CtlOp.ADD_STATIC, port, weight))
-    out.print(f"gateway {port} added with weight {weight} (static: it does not expire)")
+        raise UsageError("a new gateway needs a weight of at least 1 (`weights set PORT 0` removes one)")
+
+    def act() -> Optional[GatewayInfo]:
+        instance = instance_at(pin_path)
+        old = next((g for g in instance.snapshot().gateways if g.port == port), None)
+        instance.control(CtlOp.ADD_STATIC, port, weight)
+        return old
+
+    old = run(act)
+    if old:
+        out.print(f"gateway {port} updated: weight {old.weight} -> {weight} (static: it does not expire)")
+    else:
+        out.print(f"gateway {port} added with weight {weight} (static: it does not expire)")
 
 
-@weights_app.command("set")
+@weights_app.command("set", context_settings=NUMBERS_MAY_BE_NEGATIVE)
 def weights_set(
     port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
     weight: Annotated[int, typer.Argument(help="New weight; 0 removes the gateway.", callback=weight_arg)],
     pin_path: PinPath = DEFAULT_PIN_PATH,
 ) -> None:
     """Change a gateway's weight (0 removes it)."""
-    run(lambda: Instance(pin_path).control(CtlOp.SET_WEIGHT, port, weight))
+    run(lambda: instance_at(pin_path).control(CtlOp.SET_WEIGHT, port, weight))
     out.print(f"gateway {port} removed" if weight == 0 else f"gateway {port} weight set to {weight}")
 
 
@@ -360,7 +383,13 @@ def invoke(application: typer.Typer, argv: list[str], prog_name: str) -> None:
     try:
         code = application(args=argv, prog_name=prog_name, standalone_mode=False)
     except UsageError as e:
-        err.print(f"[red]error:[/red] {e.format_message()} (see `{prog_name} --help`)", highlight=False, soft_wrap=True)
+        if type(e).__name__ == "NoArgsIsHelpError":  # no command given: the help is the whole answer
+            if text := e.format_message():  # rich has printed it already; plain click has not
+                print(text)
+        else:
+            err.print(
+                f"[red]error:[/red] {e.format_message()} (see `{prog_name} --help`)", highlight=False, soft_wrap=True
+            )
         sys.exit(2)
     except typer.Abort:
         err.print("[red]error:[/red] aborted", highlight=False)

@@ -156,11 +156,7 @@ class RunLock:
             return
 
     def _still_linked(self, fd: int) -> bool:
-        try:
-            here, there = os.fstat(fd), os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+        return _is_linked(fd, self.path)
 
     def release(self) -> None:
         if self.fd is None:
@@ -171,6 +167,36 @@ class RunLock:
         self.fd = None
         with contextlib.suppress(OSError):
             os.rmdir(LOCK_DIR)  # only if no other run is using it
+
+
+def _is_linked(fd: int, path: str) -> bool:
+    """Whether path still names the file open at fd."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def remove_stale_lock(pin_path: str) -> None:
+    """Removes the lock file a killed `run` of pin_path left behind; never one a live process holds."""
+    path = lock_path(pin_path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a live run (or a command checking it) holds it
+        if _is_linked(fd, path):  # not replaced by a new run's file since we opened it
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while holding it, as RunLock.release does
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(LOCK_DIR)  # only if no other run is using it
 
 
 # ---------------------------------------------------------------- signals

@@ -217,7 +217,7 @@ def test_static_gateway_never_expires(netns: NetNS, pin_path: str) -> None:
     rows = gateways_json(netns, pin_path)
     assert list(rows) == [static.port]
     assert rows[static.port]["static"] is True and rows[static.port]["weight"] == 3
-    assert rows[static.port]["age_s"] > 2.0
+    assert rows[static.port]["age_s"] is None  # no age: it never expires
     assert_no_udp_losses(netns)
 
 

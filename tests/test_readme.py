@@ -100,6 +100,12 @@ def test_readme_shows_the_important_commands() -> None:
         assert any(c.startswith(wanted) or wanted in c for c in commands), f"README shows no `{wanted}` example"
 
 
+def test_readme_names_the_python_that_pyproject_requires() -> None:
+    required = re.search(r'requires-python = ">=(\d+\.\d+)"', (REPO / "pyproject.toml").read_text())
+    assert required, "pyproject.toml names no requires-python"
+    assert set(re.findall(r"Python (\d+\.\d+)\+", README.read_text())) == {required.group(1)}
+
+
 def test_readme_commands_work_as_shown(host_like_netns: NetNS, pin_path: str) -> None:
     ns = host_like_netns
     for tool in ("xdp-loader", "socat"):

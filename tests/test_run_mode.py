@@ -175,9 +175,10 @@ def test_second_run_or_load_is_refused_while_it_lives(netns: NetNS, pin_path: st
 
 def test_load_u_says_to_use_run(netns: NetNS, pin_path: str) -> None:
     result = run_cli(netns, "load", "-u", "lo", "--pin-path", pin_path)
-    assert result.returncode == 1
+    assert result.returncode == 2  # a wrong command line
     assert result.stderr.strip().splitlines() == [
-        "error: -u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead"
+        "error: -u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead "
+        "(see `ebpflb --help`)"
     ]
     assert not os.path.exists(pin_path)
     assert "xdp" not in netns.ip("link", "show", "lo")
