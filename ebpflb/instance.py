@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from . import libbpf
+from . import libbpf, verifier_log
 from .errors import EbpflbError
 from .layout import (
     MAX_GATEWAYS,
@@ -26,6 +26,7 @@ from .layout import (
     RejectReason,
 )
 from .object_file import CONFIG_SECTION, CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM, object_path
+from .probes import require_kernel_features
 from .system import LOOPBACK_IFINDEX, ifindex_of, ifname_of, interfaces, require_bpffs, require_root
 
 DEFAULT_PIN_PATH = "/sys/fs/bpf/ebpflb"
@@ -399,15 +400,21 @@ class Instance:
         return obj
 
     def _load_object(self, obj: libbpf.BpfObject) -> None:
+        require_kernel_features()  # an old kernel: one line naming what it lacks, not a verifier log
+        messages = libbpf.lib().log
+        del messages[:]  # from here on, only this load's messages
         try:
             obj.load()
         except OSError as e:
-            log = "\n".join(libbpf.lib().log)
+            log = "\n".join(messages)
             if "couldn't reuse pinned map" in log or "not compatible" in log:
                 raise EbpflbError(
                     f"the maps pinned in {self.pin_path} belong to another version of ebpflb: "
                     f"remove them with `ebpflb unload --pin-path {self.pin_path}`"
                 ) from None
+            refused = verifier_log.explain(messages)
+            if refused:
+                raise EbpflbError(f"loading the BPF object failed: {refused}") from None
             if e.errno == errno.EPERM:
                 raise EbpflbError("the kernel refused to load the BPF program (EPERM): run as root") from None
             raise EbpflbError(f"loading the BPF object failed: {e.strerror}; libbpf said: {_last_line(log)}") from None

@@ -103,6 +103,8 @@ _SIGNATURES = {
     "bpf_prog_test_run_opts": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
     "libbpf_set_print": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "libbpf_probe_bpf_prog_type": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
+    "libbpf_probe_bpf_helper": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]),
 }
 
 
@@ -141,6 +143,8 @@ class LibBpf:
     bpf_prog_test_run_opts: Callable[..., Any]
     libbpf_num_possible_cpus: Callable[..., Any]
     libbpf_set_print: Callable[..., Any]
+    libbpf_probe_bpf_prog_type: Callable[..., Any]
+    libbpf_probe_bpf_helper: Callable[..., Any]
 
     def __init__(self) -> None:
         self._dll = _open_library()
@@ -151,15 +155,22 @@ class LibBpf:
             setattr(self, name, fn)
         self.log: list[str] = []
         self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        self._libc.vasprintf.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_void_p]
+        self._libc.free.argtypes = [ctypes.c_void_p]
         self._print_cb = PRINT_FN(self._collect)  # kept alive as long as libbpf may call it
         self._dll.libbpf_set_print(ctypes.cast(self._print_cb, ctypes.c_void_p))
 
     def _collect(self, level: int, fmt: bytes, args: int) -> int:
-        """Keeps libbpf's messages for error reports instead of printing them to stderr."""
-        buf = ctypes.create_string_buffer(1024)
-        self._libc.vsnprintf(buf, len(buf), fmt, args)
-        self.log.append(buf.value.decode(errors="replace").rstrip())
+        """Keeps libbpf's messages for error reports instead of printing them to stderr. Each is
+        kept whole: a failed load's whole verifier log comes as one message."""
+        text = ctypes.c_void_p()
+        size = self._libc.vasprintf(ctypes.byref(text), fmt, args)
+        if size < 0:
+            return 0
+        try:
+            self.log.append(ctypes.string_at(text.value or 0, size).decode(errors="replace").rstrip())
+        finally:
+            self._libc.free(text)
         del self.log[:-400]
         return 0
 
@@ -342,3 +353,13 @@ def run_syscall(prog_fd: int, ctx: ctypes.Structure) -> int:
 
 def num_possible_cpus() -> int:
     return check(lib().libbpf_num_possible_cpus(), "count possible CPUs")
+
+
+def probe_prog_type(prog_type: int) -> int:
+    """1 if the kernel loads programs of this type (enum bpf_prog_type), 0 if not."""
+    return check(lib().libbpf_probe_bpf_prog_type(prog_type, None), f"probe program type {prog_type}")
+
+
+def probe_helper(prog_type: int, helper_id: int) -> int:
+    """1 if programs of this type may call this helper (enum bpf_func_id), 0 if not."""
+    return check(lib().libbpf_probe_bpf_helper(prog_type, helper_id, None), f"probe helper {helper_id}")

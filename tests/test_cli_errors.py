@@ -18,8 +18,11 @@ from typer.testing import CliRunner
 
 from ebpflb.cli import app
 from ebpflb.instance import Instance
+from ebpflb.run import lock_path
 
 from .netns import REPO, NetNS
+from .test_run_mode import RunProcess, assert_gone
+from .test_run_mode import remove_stale_lock as remove_lock_left_behind
 from .traffic import LOOPBACK, Gateway, Sender, cli_ok, wait_for_total, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -287,3 +290,18 @@ def test_foreign_xdp_program_is_refused_and_kept(netns: NetNS, pin_path: str, tm
     assert f"lo already has another XDP program (id {foreign})" in lines[0]
     assert xdp_prog_id(netns) == foreign
     assert not any(Path(pin_path).glob("*")), "a refused load left pins behind"
+
+
+def test_unload_after_a_killed_run_leaves_nothing(netns: NetNS, pin_path: str) -> None:
+    """`kill -9` of `ebpflb run` leaves its pins, its program and its lock file; `unload` removes all three."""
+    try:
+        with RunProcess(netns, "lo", "--pin-path", pin_path) as run:
+            run.started()
+            run.kill9()
+        assert os.path.exists(lock_path(pin_path)), "a killed run left no lock file: nothing to test"
+        result = netns.ebpflb("unload", "--pin-path", pin_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"ebpflb unloaded from lo; removed {pin_path}"
+        assert_gone(netns, pin_path)
+    finally:
+        remove_lock_left_behind(pin_path)

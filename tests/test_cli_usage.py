@@ -5,6 +5,7 @@ command line, 1 for a command that could not be done), one-line errors, help, an
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ebpflb import cli
+from ebpflb import run as run_module
 from ebpflb.instance import GatewayInfo, Snapshot
 from ebpflb.layout import CtlOp, GlobalCounters, LbState
 
@@ -207,3 +209,23 @@ def test_gateways_json_has_null_age_for_static_gateways(fake_instance: type[Fake
     assert ran.code == 0, ran.stderr
     ages = {row["port"]: (row["age_s"], row["static"]) for row in json.loads(ran.stdout)}
     assert ages == {7001: (2.375, False), 7003: (None, True)}
+
+
+# ---------------------------------------------------------------- the run lock unload removes
+
+
+def test_only_a_lock_nobody_holds_is_removed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(run_module, "LOCK_DIR", str(tmp_path / "run"))
+    held = run_module.RunLock("/sys/fs/bpf/held")
+    held.acquire()
+    try:
+        stale = run_module.RunLock("/sys/fs/bpf/stale")
+        stale.acquire()
+        os.close(stale.fd or -1)  # what kill -9 leaves: the file, with nobody holding its lock
+        run_module.remove_stale_lock("/sys/fs/bpf/stale")
+        assert not os.path.exists(stale.path)
+        run_module.remove_stale_lock("/sys/fs/bpf/held")
+        assert os.path.exists(held.path), "removed the lock of a live run"
+    finally:
+        held.release()
+    assert not (tmp_path / "run").exists()

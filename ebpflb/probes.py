@@ -1,0 +1,58 @@
+"""What the shipped object needs from the kernel, probed with libbpf once per process, so that
+an old kernel gets one line naming the missing feature instead of a verifier log."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from . import libbpf
+from .errors import EbpflbError
+
+# uapi linux/bpf.h (checked against vmlinux.h)
+BPF_PROG_TYPE_XDP = 6
+BPF_PROG_TYPE_SYSCALL = 31
+BPF_FUNC_LOOP = 181
+BPF_FUNC_MAP_LOOKUP_PERCPU_ELEM = 195
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    since: tuple[int, int]  # the first Linux release that has it
+    probe: Callable[[], int]  # 1: present, 0: missing
+
+
+FEATURES = (
+    Feature("syscall programs (BPF_PROG_TYPE_SYSCALL)", (5, 14), lambda: libbpf.probe_prog_type(BPF_PROG_TYPE_SYSCALL)),
+    Feature("bpf_loop", (5, 17), lambda: libbpf.probe_helper(BPF_PROG_TYPE_XDP, BPF_FUNC_LOOP)),
+    Feature(
+        "bpf_map_lookup_percpu_elem",
+        (5, 19),
+        lambda: libbpf.probe_helper(BPF_PROG_TYPE_XDP, BPF_FUNC_MAP_LOOKUP_PERCPU_ELEM),
+    ),
+)
+
+
+@functools.cache
+def missing() -> tuple[Feature, ...]:
+    """The features this kernel lacks. If it loads no program at all (no privilege), nothing can
+    be told apart and nothing is reported: the load itself then says what is wrong."""
+    try:
+        if libbpf.probe_prog_type(BPF_PROG_TYPE_XDP) != 1:
+            return ()
+        return tuple(f for f in FEATURES if f.probe() == 0)
+    except OSError:  # libbpf could not ask: same as above
+        return ()
+
+
+def require_kernel_features() -> None:
+    gone = missing()
+    if gone:
+        needed = ".".join(str(n) for n in max(f.since for f in gone))
+        raise EbpflbError(
+            f"this kernel lacks {' and '.join(f.name for f in gone)} "
+            f"(needs Linux {needed} or newer; running {os.uname().release})"
+        )
