@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Annotated, Callable, List, Optional, TypeVar
@@ -50,6 +51,18 @@ Expiry = Annotated[float, typer.Option("-e", "--expiry", help="Seconds without a
 ServicePort = Annotated[int, typer.Option("--port", help="Service port to balance.")]
 RegPort = Annotated[int, typer.Option("--reg-port", help="Port gateways register on.")]
 Mode = Annotated[str, typer.Option("--mode", help="XDP mode: auto (native, else generic), native or skb.")]
+BalanceForwarded = Annotated[
+    bool,
+    typer.Option(
+        "--balance-forwarded", help="Also balance service datagrams this host forwards (default: only its own)."
+    ),
+]
+GatewayPorts = Annotated[
+    str,
+    typer.Option(
+        "--gateway-ports", metavar="LO-HI", help="Only these ports may register as gateways (see the threat model)."
+    ),
+]
 DropWithoutGateway = Annotated[
     bool, typer.Option("--drop-without-gateway", help="Drop service datagrams while no gateway is live.")
 ]
@@ -80,12 +93,22 @@ def weight_arg(value: int) -> int:
     return value
 
 
-def check_options(mode: str, port: int, reg_port: int, expiry: float) -> None:
+def parse_port_range(text: str) -> tuple[int, int]:
+    """`LO-HI` (or one port) -> (LO, HI); an EbpflbError names the option otherwise."""
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
+    if not match:
+        raise EbpflbError(f"--gateway-ports {text!r} is not a port range: write LO-HI, e.g. 1024-65535")
+    low = int(match.group(1))
+    return low, int(match.group(2) or low)
+
+
+def check_options(mode: str, port: int, reg_port: int, expiry: float, gateway_ports: str) -> None:
     """Values `load` and `run` cannot take are usage errors (exit 2), found before anything is touched."""
     if mode not in ("auto", "native", "skb"):
         raise UsageError(f"--mode must be auto, native or skb, not {mode!r}")
     try:
-        config_for(port, reg_port, expiry, False, False, False)  # its checks are all of the command line
+        # its checks are all of the command line
+        config_for(port, reg_port, expiry, False, False, False, parse_port_range(gateway_ports))
     except EbpflbError as e:
         raise UsageError(str(e)) from None
 
@@ -106,6 +129,8 @@ def load(
     reg_port: RegPort = 3000,
     mode: Mode = "auto",
     drop_without_gateway: DropWithoutGateway = False,
+    gateway_ports: GatewayPorts = "1024-65535",
+    balance_forwarded: BalanceForwarded = False,
     userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
         bool, typer.Option("-u", "--userspace-registrations", hidden=True)
     ] = False,
@@ -114,10 +139,11 @@ def load(
     """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
     if userspace:  # user-space registrations need a process to receive them
         raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
-    check_options(mode, port, reg_port, expiry)
+    check_options(mode, port, reg_port, expiry, gateway_ports)
 
     def act() -> None:
-        config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway)
+        ports = parse_port_range(gateway_ports)
+        config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway, ports, balance_forwarded)
         refuse_if_owned(pin_path, interfaces)
         attached = Instance(pin_path).load(interfaces, config, mode)
         where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
@@ -138,13 +164,16 @@ def run_cmd(
     reg_port: RegPort = 3000,
     mode: Mode = "auto",
     drop_without_gateway: DropWithoutGateway = False,
+    gateway_ports: GatewayPorts = "1024-65535",
+    balance_forwarded: BalanceForwarded = False,
     pin_path: PinPath = DEFAULT_PIN_PATH,
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
-    check_options(mode, port, reg_port, expiry)
+    check_options(mode, port, reg_port, expiry, gateway_ports)
 
     def act() -> None:
-        config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway)
+        ports = parse_port_range(gateway_ports)
+        config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
         refuse_if_owned(pin_path, interfaces)
         run_foreground(pin_path, interfaces, config, mode, out)
 
@@ -177,6 +206,8 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "trace": bool(cfg.trace),
             "userspace_registrations": bool(cfg.userspace_reg),
             "drop_without_gateway": bool(cfg.drop_without_gateway),
+            "gateway_ports": [cfg.gw_port_min, cfg.gw_port_max],
+            "balance_forwarded": bool(cfg.balance_forwarded),
         },
         "gateways": len(snap.gateways),
         "counters": {
@@ -189,6 +220,8 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "expired": c.expired,
             "schedule_rebuilds": c.rebuilds,
             "stale_picks": c.stale_picks,
+            "forwarded": c.forwarded,
+            "registrations_in_kernel": c.reg_in_kernel,
         },
     }
 
@@ -210,7 +243,9 @@ def status(as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> Non
             f"service port {cfg['service_port']}, registration port {cfg['reg_port']}, "
             f"expiry {cfg['expiry_s']:g} s, trace {'on' if cfg['trace'] else 'off'}, "
             f"registrations in {'user space' if cfg['userspace_registrations'] else 'kernel'}, "
-            f"without gateway: {'drop' if cfg['drop_without_gateway'] else 'pass'}"
+            f"without gateway: {'drop' if cfg['drop_without_gateway'] else 'pass'}, "
+            f"gateway ports {cfg['gateway_ports'][0]}-{cfg['gateway_ports'][1]}, "
+            f"forwarded datagrams: {'balanced' if cfg['balance_forwarded'] else 'passed'}"
         )
         table = Table("counter", "value", box=None)
         counters = info["counters"]

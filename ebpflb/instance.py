@@ -40,7 +40,10 @@ REJECT_TEXT = {
     RejectReason.MALFORMED: "malformed registration datagram",
     RejectReason.UNKNOWN_GATEWAY: "no gateway on that port: add it with `ebpflb gateways add PORT --weight W`",
     RejectReason.BAD_REQUEST: "invalid request (port must be 1-65535)",
+    RejectReason.NOT_OWNER: "that gateway was registered from another source address",
+    RejectReason.PORT_NOT_ALLOWED: "that port is outside the gateway ports of this instance (--gateway-ports)",
 }
+DEFAULT_GATEWAY_PORTS = (1024, 65535)
 
 
 @dataclass
@@ -71,7 +74,14 @@ class Snapshot:
 
 
 def config_for(
-    service_port: int, reg_port: int, expiry_s: float, trace: bool, userspace_reg: bool, drop_without_gateway: bool
+    service_port: int,
+    reg_port: int,
+    expiry_s: float,
+    trace: bool,
+    userspace_reg: bool,
+    drop_without_gateway: bool,
+    gateway_ports: tuple[int, int] = DEFAULT_GATEWAY_PORTS,
+    balance_forwarded: bool = False,
 ) -> LbConfig:
     for name, port in (("--port", service_port), ("--reg-port", reg_port)):
         if not 1 <= port <= 65535:
@@ -80,13 +90,19 @@ def config_for(
         raise EbpflbError("the service port and the registration port must differ")
     if not 0 < expiry_s <= 365 * 86400:
         raise EbpflbError(f"expiry {expiry_s} s is out of range: use more than 0 and at most a year")
+    low, high = gateway_ports
+    if not 1 <= low <= high <= 65535:
+        raise EbpflbError(f"--gateway-ports {low}-{high} is not a port range: use LO-HI with 1 <= LO <= HI <= 65535")
     return LbConfig(
         service_port=service_port,
         reg_port=reg_port,
+        gw_port_min=low,
+        gw_port_max=high,
         expiry_ns=int(expiry_s * 1e9),
         trace=int(trace),
         userspace_reg=int(userspace_reg),
         drop_without_gateway=int(drop_without_gateway),
+        balance_forwarded=int(balance_forwarded),
     )
 
 

@@ -23,6 +23,8 @@ class RejectReason(enum.IntEnum):
     MALFORMED = 4
     UNKNOWN_GATEWAY = 5
     BAD_REQUEST = 6
+    NOT_OWNER = 7
+    PORT_NOT_ALLOWED = 8
 
 
 NR_REJECT_REASONS = len(RejectReason)
@@ -58,6 +60,7 @@ class Gateway(ctypes.Structure):
         ("pad", u8),
         ("weight", u32),
         ("last_seen_ns", u64),
+        ("owner", u32 * 4),
     ]
 
 
@@ -65,10 +68,13 @@ class LbConfig(ctypes.Structure):
     _fields_ = [
         ("service_port", u16),
         ("reg_port", u16),
+        ("gw_port_min", u16),
+        ("gw_port_max", u16),
         ("trace", u8),
         ("userspace_reg", u8),
         ("drop_without_gateway", u8),
-        ("pad", u8),
+        ("balance_forwarded", u8),
+        ("pad", u8 * 4),
         ("expiry_ns", u64),
     ]
 
@@ -124,6 +130,8 @@ class GlobalCounters(ctypes.Structure):
         ("expired", u64),
         ("rebuilds", u64),
         ("stale_picks", u64),
+        ("forwarded", u64),
+        ("reg_in_kernel", u64),
     ]
 
 
@@ -134,6 +142,15 @@ class GatewayCounters(ctypes.Structure):
     ]
 
 
+class LocalityCache(ctypes.Structure):
+    _fields_ = [
+        ("addr", u32 * 4),
+        ("jiffies", u64),
+        ("local", u32),
+        ("pad", u32),
+    ]
+
+
 class CpuData(ctypes.Structure):
     _fields_ = [
         ("cursor", u32),
@@ -141,6 +158,7 @@ class CpuData(ctypes.Structure):
         ("len", u32),
         ("pad", u32),
         ("jiffies", u64),
+        ("locality", LocalityCache),
         ("global_", GlobalCounters),
         ("gw", GatewayCounters * MAX_GATEWAYS),
     ]
@@ -155,5 +173,6 @@ BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "schedule": Schedule,
     "global_counters": GlobalCounters,
     "gateway_counters": GatewayCounters,
+    "locality_cache": LocalityCache,
     "cpu_data": CpuData,
 }

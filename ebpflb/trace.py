@@ -32,6 +32,8 @@ REASONS = {
     "source": "not from loopback on lo",
     "malformed": "malformed datagram",
     "short": "payload under 4 bytes",
+    "owner": "registered from another address",
+    "port": "port outside --gateway-ports",
 }
 
 

@@ -11,10 +11,13 @@
 #include "maps.bpf.h"
 #include "parsing.bpf.h"
 #include "csum.bpf.h"
+#include "locality.bpf.h"
+#include "socket_lookup.bpf.h"
 #include "scheduler.bpf.h"
 #include "registry.bpf.h"
 
-/* A registration datagram: consumed here unless user space (-u) handles them. */
+/* A registration datagram: consumed here unless user space (-u) handles them and its
+ * socket is still there. */
 static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_view *v,
 					       struct hdr_cursor *c)
 {
@@ -22,8 +25,12 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	__u32 udp_len, reason;
 	__be32 *weight;
 
-	if (lb_config.userspace_reg)
-		return XDP_PASS;
+	if (lb_config.userspace_reg) {
+		if (udp_socket_bound(ctx, v))
+			return XDP_PASS;
+		if (this_cpu_data())
+			this_cpu_data()->global.reg_in_kernel++;
+	}
 	udp_len = bpf_ntohs(v->udp->len);
 	weight = c->pos;
 
@@ -34,7 +41,15 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	else if (udp_len < sizeof(struct udphdr) + REG_PAYLOAD_MIN || (void *)(weight + 1) > c->end)
 		reason = REJECT_SHORT_PAYLOAD;
 	else {
-		registry_update(port, bpf_ntohl(*weight), 0, bpf_ktime_get_coarse_ns());
+		struct reg_request r = {
+			.port = port,
+			.flags = REG_FROM_SOURCE,
+			.weight = bpf_ntohl(*weight),
+			.now = bpf_ktime_get_coarse_ns(),
+		};
+
+		source_addr_16(v, r.owner);
+		registry_update(&r);
 		return XDP_DROP;
 	}
 	reject(this_cpu_data(), port, 0, reason);
@@ -55,7 +70,7 @@ static __always_inline void expire_if_due(struct lb_state *st, struct cpu_data *
 }
 
 /* A service datagram: rewrite its destination to the next gateway in the schedule. */
-static __always_inline int balance(struct udp_view *v)
+static __always_inline int balance(struct xdp_md *ctx, struct udp_view *v)
 {
 	struct cpu_data *cpu = this_cpu_data();
 	struct lb_state *st = shared_state();
@@ -64,6 +79,10 @@ static __always_inline int balance(struct udp_view *v)
 
 	if (!cpu || !st)
 		return XDP_PASS;
+	if (!lb_config.balance_forwarded && !to_local_address(ctx, v, cpu)) {
+		cpu->global.forwarded++;
+		return XDP_PASS;
+	}
 	if (v->ipv6 && !v->udp->check) {
 		/* an IPv6 datagram without checksum is dropped by the stack anyway */
 		cpu->global.unbalanced++;
@@ -105,7 +124,7 @@ int ebpflb_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	dport = bpf_ntohs(v.udp->dest);
 	if (dport == lb_config.service_port)
-		return balance(&v);
+		return balance(ctx, &v);
 	if (dport == lb_config.reg_port)
 		return handle_registration(ctx, &v, &c);
 	return XDP_PASS;
@@ -116,30 +135,42 @@ SEC("syscall")
 int ebpflb_control(struct ctl_args *args)
 {
 	struct lb_state *st = shared_state();
-	/* the coarse clock of the packet path is not offered here; both are CLOCK_MONOTONIC */
-	__u64 now = bpf_ktime_get_ns();
+	struct reg_request r = {
+		.port = args->port,
+		.weight = args->weight,
+		/* the coarse clock of the packet path is not offered here; both are CLOCK_MONOTONIC */
+		.now = bpf_ktime_get_ns(),
+	};
 	int ret;
 
 	if (!st)
 		return REJECTED(REJECT_BAD_REQUEST);
 	switch (args->op) {
 	case CTL_REGISTER: {
+		__u32 addr[4];
+
 		if (args->ifindex != 1 || !is_loopback_addr(args->family == 6, args->addr))
 			return reject(this_cpu_data(), args->port, 0, REJECT_NOT_LOOPBACK);
 		if (args->payload_len < REG_PAYLOAD_MIN)
 			return reject(this_cpu_data(), args->port, 0, REJECT_SHORT_PAYLOAD);
-		ret = registry_update(args->port, args->weight, 0, now);
+		/* copied first: the verifier allows no pointer arithmetic on the context */
+		__builtin_memcpy(addr, args->addr, sizeof(addr));
+		r.flags = REG_FROM_SOURCE;
+		addr_to_16(args->family == 6, addr, r.owner);
+		ret = registry_update(&r);
 		break;
 	}
 	case CTL_SET_WEIGHT:
-		ret = registry_update(args->port, args->weight, REG_MUST_EXIST, now);
+		r.flags = REG_MUST_EXIST;
+		ret = registry_update(&r);
 		break;
 	case CTL_ADD_STATIC:
-		ret = registry_update(args->port, args->weight, REG_MAKE_STATIC, now);
+		r.flags = REG_MAKE_STATIC;
+		ret = registry_update(&r);
 		break;
 	case CTL_SWEEP:
 		publish_config(st);
-		expire_gateways(now);
+		expire_gateways(r.now);
 		schedule_build(BUILD_COMPLETE);
 		return 0;
 	default:

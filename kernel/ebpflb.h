@@ -23,7 +23,9 @@ enum reject_reason {
 	REJECT_MALFORMED = 4,		/* fragmented, bad UDP length, IPv6 without checksum */
 	REJECT_UNKNOWN_GATEWAY = 5,	/* control: weight change for a port with no gateway */
 	REJECT_BAD_REQUEST = 6,		/* control: unknown operation or port 0 */
-	NR_REJECT_REASONS = 7,
+	REJECT_NOT_OWNER = 7,		/* the gateway belongs to another source address */
+	REJECT_PORT_NOT_ALLOWED = 8,	/* port outside the configured gateway port range */
+	NR_REJECT_REASONS = 9,
 };
 
 /* Operations of the control program (run by user space with BPF_PROG_TEST_RUN). */
@@ -51,16 +53,21 @@ struct gateway {
 	__u8 pad;
 	__u32 weight;
 	__u64 last_seen_ns;	/* CLOCK_MONOTONIC_COARSE of the last registration */
+	__u32 owner[4];		/* source address that registered it (IPv4 as ::ffff:a.b.c.d,
+				 * network byte order); all zero: added by hand, owned by root */
 };
 
 /* Configuration the program was loaded with, published for user space. */
 struct lb_config {
 	__u16 service_port;
 	__u16 reg_port;
+	__u16 gw_port_min;	/* registrations are accepted for these gateway ports only */
+	__u16 gw_port_max;
 	__u8 trace;
 	__u8 userspace_reg;
 	__u8 drop_without_gateway;
-	__u8 pad;
+	__u8 balance_forwarded;	/* also balance datagrams this host forwards (off: only local ones) */
+	__u8 pad[4];
 	__u64 expiry_ns;
 };
 
@@ -111,11 +118,21 @@ struct global_counters {
 	__u64 expired;
 	__u64 rebuilds;			/* schedules published */
 	__u64 stale_picks;		/* service datagrams whose schedule entry had left: sent by the live list */
+	__u64 forwarded;		/* service-port datagrams not for this host, passed unchanged */
+	__u64 reg_in_kernel;		/* -u, but no process listened: registrations taken by the kernel */
 };
 
 struct gateway_counters {
 	__u64 packets;
 	__u64 bytes;			/* UDP length (header and payload) of each datagram */
+};
+
+/* The last destination this CPU asked the FIB about (see locality.bpf.h). */
+struct locality_cache {
+	__u32 addr[4];		/* IPv4 as ::ffff:a.b.c.d */
+	__u64 jiffies;		/* when asked; the answer holds until the next jiffy */
+	__u32 local;		/* 1: an address of this host */
+	__u32 pad;
 };
 
 /* Per-CPU element: the scheduler cursor and every counter this CPU updates. */
@@ -125,6 +142,7 @@ struct cpu_data {
 	__u32 len;			/* length of that schedule */
 	__u32 pad;
 	__u64 jiffies;			/* when this CPU last compared the clock with the expiry deadline */
+	struct locality_cache locality;
 	struct global_counters global;
 	struct gateway_counters gw[MAX_GATEWAYS];
 };

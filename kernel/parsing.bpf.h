@@ -182,4 +182,28 @@ static __always_inline int is_loopback_source(const struct udp_view *v)
 	return is_loopback_addr(0, &((struct iphdr *)v->l3)->saddr);
 }
 
+/* An address as 16 bytes, IPv4 mapped to ::ffff:a.b.c.d (network byte order). */
+static __always_inline void addr_to_16(int ipv6, const __u32 *addr, __u32 out[4])
+{
+	if (ipv6) {
+		out[0] = addr[0];
+		out[1] = addr[1];
+		out[2] = addr[2];
+		out[3] = addr[3];
+		return;
+	}
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0xffff);
+	out[3] = addr[0];
+}
+
+static __always_inline void source_addr_16(const struct udp_view *v, __u32 out[4])
+{
+	if (v->ipv6)
+		addr_to_16(1, (const __u32 *)&((struct ipv6hdr *)v->l3)->saddr, out);
+	else
+		addr_to_16(0, &((struct iphdr *)v->l3)->saddr, out);
+}
+
 #endif /* PARSING_BPF_H */

@@ -17,14 +17,22 @@ enum reg_event {
 
 #define REG_MAKE_STATIC	1	/* CTL_ADD_STATIC: the gateway never expires */
 #define REG_MUST_EXIST	2	/* CTL_SET_WEIGHT: only change a known gateway */
+#define REG_FROM_SOURCE	4	/* a registration: owner is its source, port range applies */
 
+/* One change of the table. Registrations carry their source address: the gateway
+ * belongs to the address that created it, and only that address may change it. */
 struct reg_request {
 	__u16 port;
-	__u8 make_static;
-	__u8 must_exist;
+	__u16 flags;		/* REG_* */
 	__u32 weight;
 	__u64 now;
+	__u32 owner[4];		/* REG_FROM_SOURCE: source address, IPv4 as ::ffff:a.b.c.d */
 };
+
+static __always_inline int same_owner(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
 
 #define REJECTED(reason) (-(int)(reason) - 1)
 
@@ -79,7 +87,7 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 	bpf_spin_lock(&st->lock);
 	found = st->slot_of_port[r->port];
 	if (!found) {
-		if (r->must_exist) {
+		if (r->flags & REG_MUST_EXIST) {
 			ret = REJECTED(REJECT_UNKNOWN_GATEWAY);
 			goto out;
 		}
@@ -94,8 +102,10 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 		}
 		g = &st->gw[free & (MAX_GATEWAYS - 1)];
 		g->weight = r->weight;
-		g->is_static = r->make_static;
+		g->is_static = !!(r->flags & REG_MAKE_STATIC);
 		g->last_seen_ns = r->now;
+		for (int k = 0; k < 4; k++)
+			g->owner[k] = r->flags & REG_FROM_SOURCE ? r->owner[k] : 0;
 		WRITE_ONCE(g->port, r->port);
 		st->slot_of_port[r->port] = free + 1;
 		live_append(st, free);
@@ -108,13 +118,17 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 
 	*slot = found - 1;
 	g = &st->gw[(found - 1) & (MAX_GATEWAYS - 1)];
+	if ((r->flags & REG_FROM_SOURCE) && !same_owner(g->owner, r->owner)) {
+		ret = REJECTED(REJECT_NOT_OWNER);
+		goto out;
+	}
 	if (!r->weight) {
 		slot_release(st, found - 1);
 		ret = REG_REMOVED;
 		goto changed;
 	}
 	g->last_seen_ns = r->now;
-	g->is_static |= r->make_static;
+	g->is_static |= !!(r->flags & REG_MAKE_STATIC);
 	if (g->weight == r->weight) {
 		ret = REG_HEARTBEAT;
 		goto out;
@@ -163,6 +177,8 @@ static __always_inline const char *reject_word(__u32 reason)
 	case REJECT_TABLE_FULL: return "full";
 	case REJECT_MALFORMED: return "malformed";
 	case REJECT_UNKNOWN_GATEWAY: return "unknown";
+	case REJECT_NOT_OWNER: return "owner";
+	case REJECT_PORT_NOT_ALLOWED: return "port";
 	default: return "request";
 	}
 }
@@ -182,29 +198,25 @@ static __always_inline void publish_config(struct lb_state *st)
 	st->config = lb_config;
 }
 
-/* Validates and applies a registration (REG_* flags); returns 0 or REJECTED(reason).
+/* Validates and applies a change of the table; returns 0 or REJECTED(reason).
  * Global, so the verifier checks it once rather than at every call site. */
-__noinline int registry_update(__u32 port, __u32 weight, __u32 flags, __u64 now)
+__noinline int registry_update(struct reg_request *r)
 {
-	struct reg_request req = {
-		.port = port,
-		.weight = weight,
-		.make_static = !!(flags & REG_MAKE_STATIC),
-		.must_exist = !!(flags & REG_MUST_EXIST),
-		.now = now,
-	};
-	struct reg_request *r = &req;
 	struct lb_state *st = shared_state();
 	struct cpu_data *cpu = this_cpu_data();
-	__u32 slot = 0;
+	__u32 slot = 0, port, weight;
 	int ret;
 
-	if (!st)
+	if (!r || !st)
 		return REJECTED(REJECT_BAD_REQUEST);
-	if (!port || port > 0xffff)
+	port = r->port;
+	weight = r->weight;
+	if (!port)
 		return reject(cpu, port, weight, REJECT_BAD_REQUEST);
 	if (weight > MAX_WEIGHT)
 		return reject(cpu, port, weight, REJECT_WEIGHT_RANGE);
+	if ((r->flags & REG_FROM_SOURCE) && (port < lb_config.gw_port_min || port > lb_config.gw_port_max))
+		return reject(cpu, port, weight, REJECT_PORT_NOT_ALLOWED);
 	ret = table_apply(st, r, &slot);
 	if (ret < 0)
 		return reject(cpu, port, weight, -ret - 1);

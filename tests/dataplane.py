@@ -30,7 +30,7 @@ XDP_PASS = 2
 
 def default_config(**overrides: int) -> LbConfig:
     """The object's compiled-in defaults (service 2152, registration 3000, expiry 30 s)."""
-    config = LbConfig(service_port=2152, reg_port=3000, expiry_ns=30 * 10**9)
+    config = LbConfig(service_port=2152, reg_port=3000, gw_port_min=1024, gw_port_max=65535, expiry_ns=30 * 10**9)
     for name, value in overrides.items():
         setattr(config, name, value)
     return config

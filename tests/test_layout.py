@@ -121,7 +121,9 @@ def test_config_section_layout() -> None:
     assert len(section) == ctypes.sizeof(layout.LbConfig)
     defaults = layout.LbConfig.from_buffer_copy(section)
     assert (defaults.service_port, defaults.reg_port, defaults.expiry_ns) == (2152, 3000, 30 * 10**9)
-    assert (defaults.trace, defaults.userspace_reg, defaults.drop_without_gateway, defaults.pad) == (0, 0, 0, 0)
+    assert (defaults.gw_port_min, defaults.gw_port_max) == (1024, 65535)
+    assert (defaults.trace, defaults.userspace_reg, defaults.drop_without_gateway) == (0, 0, 0)
+    assert (defaults.balance_forwarded, bytes(defaults.pad)) == (0, bytes(4))
 
 
 def map_definition(name: str) -> dict[str, int | str]:

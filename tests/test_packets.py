@@ -386,9 +386,16 @@ REGISTRATIONS = [
     ),
     accepted("second gateway", R4(GW_PORT + 1, 2), {GW_PORT: 7, GW_PORT + 1: 2}, setup=[R4(GW_PORT, 7)]),
     accepted("heartbeat, same weight", R4(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]),
-    accepted(
-        "heartbeat over IPv6 of an IPv4 gateway", R6(GW_PORT, 7), {GW_PORT: 7}, changed=False, setup=[R4(GW_PORT, 7)]
+    rejected("heartbeat over IPv6 of an IPv4 gateway", R6(GW_PORT, 7), "NOT_OWNER", [R4(GW_PORT, 7)], {GW_PORT: 7}),
+    rejected(
+        "re-weight from another loopback address",
+        R4(GW_PORT, 9, src="127.0.0.2"),
+        "NOT_OWNER",
+        [R4(GW_PORT, 7)],
+        {GW_PORT: 7},
     ),
+    rejected("removal from another address", R6(GW_PORT, 0), "NOT_OWNER", [R4(GW_PORT, 7)], {GW_PORT: 7}),
+    rejected("privileged port 1023 (default --gateway-ports)", R4(1023, 7), "PORT_NOT_ALLOWED"),
     accepted("weight change", R4(GW_PORT, 9), {GW_PORT: 9}, setup=[R4(GW_PORT, 7)]),
     accepted(
         "weight 0 removes at once",
@@ -490,7 +497,7 @@ def test_heartbeat_refreshes_last_seen(dataplane: Dataplane) -> None:
     send_registrations(dataplane, [R4(GW_PORT, 7)])
     first = dataplane.state()
     time.sleep(0.05)  # the coarse clock ticks every few milliseconds
-    send_registrations(dataplane, [R6(GW_PORT, 7)])
+    send_registrations(dataplane, [R4(GW_PORT, 7)])
     second = dataplane.state()
     slot = dataplane.gateways()[GW_PORT][0]
     assert second.gw[slot].last_seen_ns > first.gw[slot].last_seen_ns
@@ -567,11 +574,29 @@ def test_drop_without_gateway(pin_path: str, netns: NetNS) -> None:
 
 def test_userspace_registration_leaves_datagrams_to_the_stack(pin_path: str, netns: NetNS) -> None:
     with netns.entered(), loaded(pin_path, default_config(userspace_reg=1)) as dataplane:
-        for packet in (R4(GW_PORT, 7), R4(GW_PORT, 7, src="10.0.0.1"), R4(GW_PORT, 65536)):
+        receivers = [socket.socket(family, socket.SOCK_DGRAM) for family in (socket.AF_INET, socket.AF_INET6)]
+        try:
+            receivers[1].setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            for receiver, address in zip(receivers, ("0.0.0.0", "::")):
+                receiver.bind((address, P.REG_PORT))  # as `ebpflb run -u` does
+            for packet in (R4(GW_PORT, 7), R4(GW_PORT, 7, src="10.0.0.1"), R4(GW_PORT, 65536), R6(GW_PORT, 7)):
+                before = dataplane.counters()
+                assert dataplane.run(packet) == (XDP_PASS, packet)
+                assert counter_delta(before, dataplane.counters()) == {}
+            assert dataplane.gateways() == {}
+        finally:
+            for receiver in receivers:
+                receiver.close()
+
+
+def test_userspace_registration_without_a_receiver_is_taken_by_the_kernel(pin_path: str, netns: NetNS) -> None:
+    """`run -u` was killed: nothing listens on the registration port, so heartbeats go on."""
+    with netns.entered(), loaded(pin_path, default_config(userspace_reg=1)) as dataplane:
+        for packet, gateways in ((R4(GW_PORT, 7), {GW_PORT: 7}), (R6(GW_PORT + 1, 2), {GW_PORT: 7, GW_PORT + 1: 2})):
             before = dataplane.counters()
-            assert dataplane.run(packet) == (XDP_PASS, packet)
-            assert counter_delta(before, dataplane.counters()) == {}
-        assert dataplane.gateways() == {}
+            assert dataplane.run(packet)[0] == XDP_DROP
+            assert counter_delta(before, dataplane.counters()) == {"reg_accepted": 1, "reg_in_kernel": 1}
+            assert {port: weight for port, (_, weight) in dataplane.gateways().items()} == gateways
 
 
 def test_other_ports_configured(pin_path: str, netns: NetNS) -> None:

@@ -230,6 +230,8 @@ def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: s
             "trace": False,
             "userspace_registrations": False,
             "drop_without_gateway": False,
+            "gateway_ports": [1024, 65535],
+            "balance_forwarded": False,
         }
         assert status["counters"]["service"] == sum(gw.count for gw in gws)  # settling datagrams included
         assert status["counters"]["registrations_accepted"] == 6  # 5 datagrams and the CLI's weight change
