@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
-from typing import Annotated, Callable, List, Optional, TypeVar
+from types import FrameType
+from typing import Annotated, Callable, Iterator, List, Optional, TypeVar
 
 import typer
 
@@ -19,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EbpflbError
-from .instance import DEFAULT_PIN_PATH, GatewayInfo, Instance, Snapshot, config_for
+from .instance import DEFAULT_PIN_PATH, GatewayInfo, Instance, Snapshot, config_for, default_pin_path
 from .layout import MAX_WEIGHT, CtlOp, RejectReason
 from .object_file import object_path
 from .run import refuse_if_owned, remove_stale_lock, run_foreground
-from .system import require_bpffs
+from .system import require_bpffs, require_lasting_bpffs
 from .trace import TraceEvent, follow, trace_pipe, tracing_is_on
 
 app = typer.Typer(
@@ -40,7 +43,15 @@ app.add_typer(weights_app, name="weights")
 out = Console()
 err = Console(stderr=True)
 
-PinPath = Annotated[str, typer.Option("--pin-path", help="bpffs directory of the instance.")]
+PinPath = Annotated[
+    Optional[str],
+    typer.Option(
+        "--pin-path",
+        help=f"bpffs directory of the instance [default: {DEFAULT_PIN_PATH} in the initial network namespace, "
+        f"{DEFAULT_PIN_PATH}-net<inode> in any other].",
+        show_default=False,
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 T = TypeVar("T")
 
@@ -66,6 +77,21 @@ GatewayPorts = Annotated[
 DropWithoutGateway = Annotated[
     bool, typer.Option("--drop-without-gateway", help="Drop service datagrams while no gateway is live.")
 ]
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the block, like Ctrl-C, so clean-up runs."""
+
+    def interrupt(signum: int, frame: Optional[FrameType]) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(action: Callable[[], T]) -> T:
@@ -117,7 +143,9 @@ def instance_at(pin_path: str) -> Instance:
     """The instance at pin_path; without bpffs there, the error names the missing mount rather
     than saying that nothing is loaded."""
     require_bpffs(pin_path)
-    return Instance(pin_path)
+    instance = Instance(pin_path)
+    instance.check_netns()
+    return instance
 
 
 @app.command()
@@ -134,9 +162,10 @@ def load(
     userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
         bool, typer.Option("-u", "--userspace-registrations", hidden=True)
     ] = False,
-    pin_path: PinPath = DEFAULT_PIN_PATH,
+    pin_path: PinPath = None,
 ) -> None:
     """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
+    pin_path = pin_path or default_pin_path()
     if userspace:  # user-space registrations need a process to receive them
         raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
     check_options(mode, port, reg_port, expiry, gateway_ports)
@@ -144,8 +173,17 @@ def load(
     def act() -> None:
         ports = parse_port_range(gateway_ports)
         config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway, ports, balance_forwarded)
+        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
         refuse_if_owned(pin_path, interfaces)
-        attached = Instance(pin_path).load(interfaces, config, mode)
+        instance = Instance(pin_path)
+        try:
+            with termination_as_interrupt():  # so that load detaches what it attached
+                attached = instance.load(interfaces, config, mode)
+        except KeyboardInterrupt:
+            if instance.attachments():  # it came after the load had finished
+                loaded = f"interrupted, but ebpflb was loaded at {pin_path}: `ebpflb unload` removes it"
+                raise EbpflbError(loaded) from None
+            raise
         where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
         out.print(f"ebpflb loaded on {where}; service port {port}, registrations on {reg_port}, pins in {pin_path}")
 
@@ -166,14 +204,16 @@ def run_cmd(
     drop_without_gateway: DropWithoutGateway = False,
     gateway_ports: GatewayPorts = "1024-65535",
     balance_forwarded: BalanceForwarded = False,
-    pin_path: PinPath = DEFAULT_PIN_PATH,
+    pin_path: PinPath = None,
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
+    pin_path = pin_path or default_pin_path()
     check_options(mode, port, reg_port, expiry, gateway_ports)
 
     def act() -> None:
         ports = parse_port_range(gateway_ports)
         config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
+        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
         refuse_if_owned(pin_path, interfaces)
         run_foreground(pin_path, interfaces, config, mode, out)
 
@@ -181,8 +221,9 @@ def run_cmd(
 
 
 @app.command()
-def unload(pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+def unload(pin_path: PinPath = None) -> None:
     """Detach everything the instance attached and remove its pins."""
+    pin_path = pin_path or default_pin_path()
 
     def act() -> None:
         refuse_if_owned(pin_path)
@@ -227,8 +268,9 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
 
 
 @app.command()
-def status(as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+def status(as_json: AsJson = False, pin_path: PinPath = None) -> None:
     """Interfaces, mode, configuration and global counters."""
+    pin_path = pin_path or default_pin_path()
 
     def act() -> None:
         instance = instance_at(pin_path)
@@ -281,10 +323,11 @@ def gateway_rows(snap: Snapshot) -> list[dict]:
 
 
 @gateways_app.callback()
-def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = DEFAULT_PIN_PATH) -> None:
+def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = None) -> None:
     """One row per gateway: port, weight, shares, packets, bytes, seconds since registration."""
     if ctx.invoked_subcommand:
         return
+    pin_path = pin_path or default_pin_path()
 
     def act() -> None:
         rows = gateway_rows(instance_at(pin_path).snapshot())
@@ -316,9 +359,10 @@ NUMBERS_MAY_BE_NEGATIVE = {"ignore_unknown_options": True}
 def gateways_add(
     port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
     weight: Annotated[int, typer.Option("--weight", "-w", help="Weight, 1-65535.", callback=weight_arg)] = 1,
-    pin_path: PinPath = DEFAULT_PIN_PATH,
+    pin_path: PinPath = None,
 ) -> None:
     """Add a gateway by hand. It never expires; `weights set PORT 0` removes it."""
+    pin_path = pin_path or default_pin_path()
     if weight == 0:
         raise UsageError("a new gateway needs a weight of at least 1 (`weights set PORT 0` removes one)")
 
@@ -339,9 +383,10 @@ def gateways_add(
 def weights_set(
     port: Annotated[int, typer.Argument(help="UDP port of the gateway.", callback=port_arg)],
     weight: Annotated[int, typer.Argument(help="New weight; 0 removes the gateway.", callback=weight_arg)],
-    pin_path: PinPath = DEFAULT_PIN_PATH,
+    pin_path: PinPath = None,
 ) -> None:
     """Change a gateway's weight (0 removes it)."""
+    pin_path = pin_path or default_pin_path()
     run(lambda: instance_at(pin_path).control(CtlOp.SET_WEIGHT, port, weight))
     out.print(f"gateway {port} removed" if weight == 0 else f"gateway {port} weight set to {weight}")
 
@@ -360,11 +405,12 @@ def trace_cmd(
         Optional[List[int]], typer.Option("--port", "-p", help="Only this gateway port (repeatable).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
-    pin_path: PinPath = DEFAULT_PIN_PATH,
+    pin_path: PinPath = None,
 ) -> None:
     """Follow the kernel trace pipe and show ebpflb's events (load or run with -t).
 
     Reading the trace pipe consumes it: run one reader at a time."""
+    pin_path = pin_path or default_pin_path()
 
     def hint() -> None:
         instance = Instance(pin_path)

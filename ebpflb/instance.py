@@ -8,6 +8,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -27,7 +29,16 @@ from .layout import (
 )
 from .object_file import CONFIG_SECTION, CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM, object_path
 from .probes import require_kernel_features
-from .system import LOOPBACK_IFINDEX, ifindex_of, ifname_of, interfaces, require_bpffs, require_root
+from .system import (
+    LOOPBACK_IFINDEX,
+    current_netns,
+    ifindex_of,
+    ifname_of,
+    initial_netns,
+    interfaces,
+    require_bpffs,
+    require_root,
+)
 
 DEFAULT_PIN_PATH = "/sys/fs/bpf/ebpflb"
 MODES = {"native": libbpf.XDP_FLAGS_DRV_MODE, "skb": libbpf.XDP_FLAGS_SKB_MODE}
@@ -44,6 +55,7 @@ REJECT_TEXT = {
     RejectReason.PORT_NOT_ALLOWED: "that port is outside the gateway ports of this instance (--gateway-ports)",
 }
 DEFAULT_GATEWAY_PORTS = (1024, 65535)
+LOCK_WAIT_S = 10.0
 
 
 @dataclass
@@ -106,9 +118,17 @@ def config_for(
     )
 
 
+def default_pin_path() -> str:
+    """One instance per network namespace: the initial one keeps the historic path, any
+    other gets its own, so namespaces never share a table by accident."""
+    here = current_netns()
+    return DEFAULT_PIN_PATH if here == initial_netns() or not initial_netns() else f"{DEFAULT_PIN_PATH}-net{here}"
+
+
 class Instance:
-    def __init__(self, pin_path: str = DEFAULT_PIN_PATH) -> None:
-        self.pin_path = os.path.normpath(pin_path)
+    def __init__(self, pin_path: Optional[str] = None) -> None:
+        self.pin_path = os.path.normpath(pin_path or default_pin_path())
+        self._netns_checked = False
 
     def pin(self, name: str) -> str:
         return os.path.join(self.pin_path, name)
@@ -118,46 +138,57 @@ class Instance:
     def load(self, ifnames: list[str], config: LbConfig, mode: str = "auto") -> list[Attachment]:
         """Loads the object over the pins (adopting existing state) and attaches it.
 
-        Registrations arrive on lo, so lo is always attached too (generic mode)."""
+        Registrations arrive on lo, so lo is always attached too (generic mode). Everything is
+        decided under the pin directory's lock; on any failure (also Ctrl-C) this call detaches
+        what it attached and removes only the pins (and directory) it created."""
         require_root()
         require_bpffs(self.pin_path)
         targets = self._targets(ifnames)
-        fresh = not os.path.exists(self.pin(PINNED_MAPS[0]))
-        try:
-            with self._locked(create=True):
-                live = self.attachments()
-                if live:
-                    where = ", ".join(a.ifname for a in live)
-                    raise EbpflbError(
-                        f"ebpflb is already loaded at {self.pin_path} (on {where}): "
-                        "run `ebpflb unload` first, or `ebpflb run` to take it over"
-                    )
-                for index, name in targets:
-                    other = self._attached_id(index)
-                    if other:
-                        raise EbpflbError(
-                            f"{name} already has another XDP program (id {other}): detach it first "
-                            f"(`ip link set dev {name} xdp off`)"
-                        )
-                return self._load_and_attach(targets, config, mode)
-        except BaseException:
-            if fresh:  # nothing was there before this command: leave nothing behind
-                self._remove_pins()
-            raise
-
-    def _load_and_attach(self, targets: list[tuple[int, str]], config: LbConfig, mode: str) -> list[Attachment]:
-        obj = self._open_object(config)
-        try:
-            attached = self._attach_all(obj, targets, mode)
+        with self._locked(create=True):
+            before = self._existing_pins()
+            attached: list[Attachment] = []
+            prog_id = 0
             try:
-                self._pin_programs(obj)
-            except OSError as e:
-                self._detach(attached, obj.program_fd(XDP_PROGRAM))
-                raise EbpflbError(f"could not pin the programs in {self.pin_path}: {e.strerror}") from None
-        finally:
-            obj.close()
-        self.control(CtlOp.SWEEP)  # publishes the configuration for status
+                self._refuse_if_busy(targets)
+                obj = self._open_object(config)
+                try:
+                    prog_id = libbpf.prog_id(obj.program_fd(XDP_PROGRAM))
+                    attached = self._attach_all(obj, targets, mode)
+                    try:
+                        self._pin_programs(obj)
+                    except OSError as e:
+                        raise EbpflbError(f"could not pin the programs in {self.pin_path}: {e.strerror}") from None
+                finally:
+                    obj.close()
+                self.control(CtlOp.SWEEP)  # publishes the configuration for status
+                self.claim_netns()
+            except BaseException:
+                with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
+                    self._detach_id(attached, prog_id)
+                    self._remove_pins(keep=before)
+                raise
         return attached
+
+    def _refuse_if_busy(self, targets: list[tuple[int, str]]) -> None:
+        """Another namespace's instance, one already attached here, or another XDP program."""
+        self.check_netns()
+        live = self.attachments()
+        if live:
+            where = ", ".join(a.ifname for a in live)
+            raise EbpflbError(
+                f"ebpflb is already loaded at {self.pin_path} (on {where}): "
+                "run `ebpflb unload` first, or `ebpflb run` to take it over"
+            )
+        for index, name in targets:
+            other = self._attached_id(index)
+            if other:
+                raise EbpflbError(
+                    f"{name} already has another XDP program (id {other}): detach it first "
+                    f"(`ip link set dev {name} xdp off`)"
+                )
+
+    def _existing_pins(self) -> set[str]:
+        return {name for name in (XDP_PROGRAM, CONTROL_PROGRAM, *PINNED_MAPS) if os.path.exists(self.pin(name))}
 
     def _pin_programs(self, obj: libbpf.BpfObject) -> None:
         for prog in (XDP_PROGRAM, CONTROL_PROGRAM):
@@ -174,12 +205,14 @@ class Instance:
         require_bpffs(self.pin_path)
         targets = self._targets(ifnames)
         with self._locked(create=False):
+            self.check_netns()
             live = {a.ifindex: a for a in self.attachments()}
             if not live:
                 raise EbpflbError(f"nothing is attached at {self.pin_path}: load it instead")
             published = self.snapshot(sweep=False).state.config
             same_modes = all(mode in ("auto", a.mode) or a.ifindex == LOOPBACK_IFINDEX for a in live.values())
             if bytes(published) == bytes(config) and set(live) == {i for i, _ in targets} and same_modes:
+                self.claim_netns()
                 return sorted(live.values(), key=lambda a: a.ifindex), False
             for index, name in targets:
                 other = self._attached_id(index)
@@ -202,6 +235,7 @@ class Instance:
             finally:
                 obj.close()
         self.control(CtlOp.SWEEP)  # publishes the new configuration
+        self.claim_netns()
         return attached, True
 
     def _replace_all(
@@ -233,10 +267,12 @@ class Instance:
         self._detach([a for i, a in live.items() if i not in wanted_indexes], old_fd)
         return sorted(swapped + added, key=lambda a: a.ifindex)
 
-    def _remove_pins(self) -> None:
+    def _remove_pins(self, keep: frozenset[str] | set[str] = frozenset()) -> None:
+        """Removes the pins (but those in `keep`) and the directory if that leaves it empty."""
         for name in (XDP_PROGRAM, CONTROL_PROGRAM, *PINNED_MAPS):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.pin(name))
+            if name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.pin(name))
         with contextlib.suppress(OSError):
             os.rmdir(self.pin_path)
 
@@ -246,6 +282,7 @@ class Instance:
         if not os.path.exists(self.pin(PINNED_MAPS[0])):
             raise EbpflbError(f"nothing is loaded at {self.pin_path}: pass the --pin-path that `ebpflb load` used")
         with self._locked(create=False):
+            self.check_netns()
             attached = self.attachments()
             if attached and os.path.exists(self.pin(XDP_PROGRAM)):
                 fd = libbpf.obj_get(self.pin(XDP_PROGRAM))
@@ -302,18 +339,47 @@ class Instance:
                 f"nothing is loaded at {self.pin_path}: run `ebpflb load IFACE` (or pass the --pin-path it used)"
             )
 
-    def snapshot(self, sweep: bool = True) -> Snapshot:
-        """Reads the table and counters; first expires stale gateways (the packet path only
-        does that when traffic arrives), so an idle instance never lists an expired one."""
-        self.require_loaded()
-        if sweep:
-            self.control(CtlOp.SWEEP)
+    def check_netns(self) -> None:
+        """Refuses to act on an instance that serves another network namespace: its table,
+        its interfaces and its pins are that namespace's. Every CLI command and every load,
+        take-over and unload checks; reading the maps from elsewhere (tests) stays possible."""
+        if self._netns_checked or os.geteuid() != 0 or not os.path.exists(self.pin(PINNED_MAPS[0])):
+            # without root the command itself says root is needed; without pins, that nothing is loaded
+            return
+        served, here = self._read_state().netns, current_netns()
+        if served and served != here:
+            raise EbpflbError(
+                f"the instance at {self.pin_path} serves another network namespace (net:[{served}]); this "
+                f"command runs in net:[{here}]: run it there, or use this namespace's own pin path "
+                f"({default_pin_path()} by default)"
+            )
+        self._netns_checked = True
+
+    def claim_netns(self) -> None:
+        """Records this network namespace as the one the instance serves (kept if already so)."""
+        try:
+            self.control(CtlOp.CLAIM_NETNS, netns=current_netns())
+        except EbpflbError:
+            self._netns_checked = False
+            self.check_netns()  # says which namespace holds it
+            raise
+
+    def _read_state(self) -> LbState:
         state = LbState()
         fd = self._map_fd("lb_state")
         try:
             libbpf.map_lookup(fd, 0, state)
         finally:
             os.close(fd)
+        return state
+
+    def snapshot(self, sweep: bool = True) -> Snapshot:
+        """Reads the table and counters; first expires stale gateways (the packet path only
+        does that when traffic arrives), so an idle instance never lists an expired one."""
+        self.require_loaded()
+        if sweep:
+            self.control(CtlOp.SWEEP)
+        state = self._read_state()
         global_counters, per_slot = self._counters()
         now = time.monotonic_ns()
         gateways = [
@@ -404,15 +470,18 @@ class Instance:
         return sorted(targets.items())
 
     def _open_object(self, config: LbConfig) -> libbpf.BpfObject:
+        """Opens and loads the object. Signals wait until libbpf returns: a Ctrl-C inside its
+        print callback would be lost (ctypes ignores exceptions there) and leave a traceback."""
         os.makedirs(self.pin_path, exist_ok=True)
-        obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
-        try:
-            section = obj.section(CONFIG_SECTION)
-            ctypes.memmove(section, ctypes.addressof(config), ctypes.sizeof(config))
-            self._load_object(obj)
-        except BaseException:
-            obj.close()
-            raise
+        with signals_deferred():
+            obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
+            try:
+                section = obj.section(CONFIG_SECTION)
+                ctypes.memmove(section, ctypes.addressof(config), ctypes.sizeof(config))
+                self._load_object(obj)
+            except BaseException:
+                obj.close()
+                raise
         return obj
 
     def _load_object(self, obj: libbpf.BpfObject) -> None:
@@ -461,7 +530,9 @@ class Instance:
         raise EbpflbError(f"could not attach XDP to {name} in {mode} mode: {error.strerror}{hint}") from None
 
     def _detach(self, attached: list[Attachment], prog_fd: int) -> None:
-        ours = libbpf.prog_id(prog_fd)
+        self._detach_id(attached, libbpf.prog_id(prog_fd))
+
+    def _detach_id(self, attached: list[Attachment], ours: int) -> None:
         for a in attached:
             if self._query(a.ifindex, MODES[a.mode]) == ours:  # never detach another program
                 with contextlib.suppress(OSError):
@@ -485,21 +556,62 @@ class Instance:
 
     @contextlib.contextmanager
     def _locked(self, create: bool) -> Iterator[None]:
-        """Serialises load and unload of one pin directory across processes."""
-        if create:
+        """Serialises load, take-over and unload of one pin directory across processes. A
+        second command waits for the first (up to LOCK_WAIT_S), then sees what it left."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            if create:
+                try:
+                    os.makedirs(self.pin_path, exist_ok=True)
+                except OSError as e:
+                    raise EbpflbError(f"cannot create {self.pin_path}: {e.strerror}") from None
             try:
-                os.makedirs(self.pin_path, exist_ok=True)
-            except OSError as e:
-                raise EbpflbError(f"cannot create {self.pin_path}: {e.strerror}") from None
-        fd = os.open(self.pin_path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+                fd = os.open(self.pin_path, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                if create:
+                    continue  # removed by an unload between makedirs and open
+                raise EbpflbError(f"nothing is loaded at {self.pin_path}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise EbpflbError(f"another ebpflb command is loading or unloading {self.pin_path}: retry") from None
-            yield
-        finally:
-            os.close(fd)
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise EbpflbError(
+                                f"another ebpflb command has been loading or unloading {self.pin_path} "
+                                f"for {LOCK_WAIT_S:g} s: retry when it is done"
+                            ) from None
+                        time.sleep(0.01)
+                # the holder may have removed the directory: lock the one that is there now
+                if _same_file(fd, self.pin_path):
+                    yield
+                    return
+            finally:
+                os.close(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds SIGINT, SIGTERM and SIGHUP for the block (delivered after it), in the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _uses_map(prog_id: int, map_id: int) -> bool:

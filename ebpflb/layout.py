@@ -35,6 +35,7 @@ class CtlOp(enum.IntEnum):
     SET_WEIGHT = 2
     ADD_STATIC = 3
     SWEEP = 4
+    CLAIM_NETNS = 5
 
 
 u8, u16, u32, u64, s64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
@@ -50,6 +51,7 @@ class CtlArgs(ctypes.Structure):
         ("addr", u32 * 4),
         ("payload_len", u32),
         ("pad", u32),
+        ("netns", u64),
     ]
 
 
@@ -91,6 +93,7 @@ class LbState(ctypes.Structure):
         ("free_top", u32),
         ("build_jiffies", u64),
         ("next_expiry_ns", u64),
+        ("netns", u64),
         ("config", LbConfig),
         ("gw", Gateway * MAX_GATEWAYS),
         ("free_slots", u16 * MAX_GATEWAYS),

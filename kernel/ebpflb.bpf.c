@@ -168,6 +168,11 @@ int ebpflb_control(struct ctl_args *args)
 		r.flags = REG_MAKE_STATIC;
 		ret = registry_update(&r);
 		break;
+	case CTL_CLAIM_NETNS: {
+		__u64 held = __sync_val_compare_and_swap(&st->netns, 0, args->netns);
+
+		return held && held != args->netns ? REJECTED(REJECT_BAD_REQUEST) : 0;
+	}
 	case CTL_SWEEP:
 		publish_config(st);
 		expire_gateways(r.now);

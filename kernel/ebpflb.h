@@ -34,6 +34,7 @@ enum ctl_op {
 	CTL_SET_WEIGHT = 2,	/* change an existing gateway's weight; 0 removes it */
 	CTL_ADD_STATIC = 3,	/* add or update a gateway that never expires */
 	CTL_SWEEP = 4,		/* expire stale gateways now and publish the configuration */
+	CTL_CLAIM_NETNS = 5,	/* record the network namespace served, unless another one is */
 };
 
 struct ctl_args {
@@ -45,6 +46,7 @@ struct ctl_args {
 	__u32 addr[4];		/* CTL_REGISTER: source address, network byte order */
 	__u32 payload_len;	/* CTL_REGISTER: UDP payload bytes received */
 	__u32 pad;
+	__u64 netns;		/* CTL_CLAIM_NETNS: inode of the network namespace */
 };
 
 struct gateway {
@@ -84,6 +86,7 @@ struct lb_state {
 	__u32 free_top;			/* entries in free_slots */
 	__u64 build_jiffies;		/* when the last build started: at most one starts per jiffy */
 	__u64 next_expiry_ns;		/* no dynamic gateway expires before this */
+	__u64 netns;			/* inode of the network namespace served; 0 until a loader says */
 	struct lb_config config;
 	struct gateway gw[MAX_GATEWAYS];
 	__u16 free_slots[MAX_GATEWAYS];	/* released slots, reused first */

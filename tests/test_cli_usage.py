@@ -159,6 +159,9 @@ class FakeInstance:
     def __init__(self, pin_path: str) -> None:
         self.pin_path = pin_path
 
+    def check_netns(self) -> None:
+        pass
+
     def snapshot(self, sweep: bool = True) -> Snapshot:
         return Snapshot(LbState(), GlobalCounters(), [replace(g) for g in self.table])  # read at one moment
 

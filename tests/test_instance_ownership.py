@@ -1,0 +1,145 @@
+"""One instance, one owner: concurrent loads, interrupted loads, pin paths and network
+namespaces, `ip netns exec`. The real CLI in namespaces; afterwards exactly what should be
+there is there, reachable by every command, and `unload` leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ebpflb import libbpf
+
+from .netns import REPO, NetNS
+from .traffic import cli_ok
+
+pytestmark = pytest.mark.kernel
+
+ROUNDS = 20
+
+
+def xdp_ids(ns: NetNS) -> list[int]:
+    """Ids of the XDP programs attached in the namespace (generic or native)."""
+    links = json.loads(ns.ip("-j", "link", "show"))
+    return [link["xdp"]["prog"]["id"] for link in links if "xdp" in link and "prog" in link["xdp"]]
+
+
+def pinned_id(pin_path: str) -> int:
+    fd = libbpf.obj_get(os.path.join(pin_path, "ebpflb_xdp"))
+    try:
+        return libbpf.prog_id(fd)
+    finally:
+        os.close(fd)
+
+
+def assert_nothing_left(ns: NetNS, pin_path: str) -> None:
+    assert not os.path.exists(pin_path), os.listdir(pin_path)
+    assert xdp_ids(ns) == []
+
+
+def start_load(ns: NetNS, pin_path: str) -> subprocess.Popen:
+    return ns.popen(
+        sys.executable, "-m", "ebpflb", "load", "lo", "--pin-path", pin_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_two_concurrent_loads_leave_exactly_one_reachable_instance(netns: NetNS, pin_path: str) -> None:
+    for round_ in range(ROUNDS):
+        loads = [start_load(netns, pin_path) for _ in range(2)]
+        results = [(p.wait(timeout=60), *p.communicate()) for p in loads]
+        codes = sorted(code for code, _, _ in results)
+        assert codes == [0, 1], f"round {round_}: {results}"
+        loser = next(err for code, _, err in results if code == 1)
+        assert "already loaded" in loser and "Traceback" not in loser, loser
+        assert xdp_ids(netns) == [pinned_id(pin_path)], f"round {round_}"
+        status = json.loads(cli_ok(netns, "status", "--json", "--pin-path", pin_path))
+        assert [i["name"] for i in status["interfaces"]] == ["lo"]
+        cli_ok(netns, "gateways", "add", "7001", "--weight", "2", "--pin-path", pin_path)
+        cli_ok(netns, "unload", "--pin-path", pin_path)
+        assert_nothing_left(netns, pin_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_load_leaves_nothing_attached(netns: NetNS, pin_path: str, sig: int) -> None:
+    """Interrupted at moments spread over the whole load: it either left nothing at all, or
+    finished (then it is whole and says so); never a program attached without pins."""
+    outcomes = set()
+    for delay in (0.3, 0.6, 0.9, 1.2, 1.5, 1.8, 2.4, 3.0, 4.0):
+        load = start_load(netns, pin_path)
+        time.sleep(delay)
+        load.send_signal(sig)
+        code = load.wait(timeout=60)
+        out, err = load.communicate()
+        assert "Traceback" not in err, err
+        if os.path.exists(pin_path) or xdp_ids(netns):
+            assert xdp_ids(netns) == [pinned_id(pin_path)], err
+            # it said so: done (perhaps interrupted while exiting), or interrupted after loading
+            assert "ebpflb loaded on lo" in out or "ebpflb was loaded" in err, (code, out, err)
+            cli_ok(netns, "unload", "--pin-path", pin_path)
+            outcomes.add("loaded")
+        else:
+            assert code != 0
+            outcomes.add("nothing")
+        assert_nothing_left(netns, pin_path)
+    assert outcomes == {"loaded", "nothing"}  # the delays reached both sides of the load
+
+
+def test_a_pin_path_serves_one_network_namespace(netns_factory, pin_path: str) -> None:
+    a, b = netns_factory("nsa"), netns_factory("nsb")
+    cli_ok(a, "load", "lo", "--pin-path", pin_path)
+    try:
+        cli_ok(a, "gateways", "add", "7001", "--weight", "3", "--pin-path", pin_path)
+        for command in (["status"], ["unload"], ["load", "lo"], ["run", "lo"], ["weights", "set", "7001", "9"]):
+            result = b.ebpflb(*command, "--pin-path", pin_path)
+            assert result.returncode == 1, (command, result)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "serves another network namespace" in lines[0], (command, result.stderr)
+            assert xdp_ids(b) == []
+        # A's instance is untouched
+        status = json.loads(cli_ok(a, "status", "--json", "--pin-path", pin_path))
+        assert [i["name"] for i in status["interfaces"]] == ["lo"]
+        gateways = json.loads(cli_ok(a, "gateways", "--json", "--pin-path", pin_path))
+        assert [(g["port"], g["weight"]) for g in gateways] == [(7001, 3)]
+    finally:
+        cli_ok(a, "unload", "--pin-path", pin_path)
+    assert_nothing_left(a, pin_path)
+
+
+def test_the_default_pin_path_is_per_network_namespace(netns: NetNS, bpffs: str) -> None:
+    inode = os.stat(f"{netns.path}").st_ino
+    expected = f"{bpffs}/ebpflb-net{inode}"
+    assert not os.path.exists(expected)
+    try:
+        out = cli_ok(netns, "load", "lo")
+        assert f"pins in {expected}" in " ".join(out.split())
+        assert os.path.exists(f"{expected}/lb_state")
+        assert json.loads(cli_ok(netns, "status", "--json"))["pin_path"] == expected
+        cli_ok(netns, "unload")
+    finally:
+        if os.path.exists(expected):
+            subprocess.run(["nsenter", f"--net={netns.path}", sys.executable, "-m", "ebpflb", "unload"], cwd=REPO)
+    assert_nothing_left(netns, expected)
+
+
+def ip_netns_exec(ns: NetNS, script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns.name, "sh", "-c", script],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mount_bpffs", [False, True], ids=["as-is", "bpffs-mounted-inside"])
+def test_ip_netns_exec_fails_before_attaching(netns: NetNS, pin_path: str, mount_bpffs: bool) -> None:
+    mount = "mount -t bpf bpf /sys/fs/bpf && " if mount_bpffs else ""
+    result = ip_netns_exec(netns, f"{mount}{sys.executable} -m ebpflb load lo --pin-path {pin_path}")
+    assert result.returncode == 1, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nsenter --net=/run/netns/" in lines[0], result.stderr
+    assert xdp_ids(netns) == []
+    assert not os.path.exists(pin_path)
