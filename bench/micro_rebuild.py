@@ -58,6 +58,7 @@ class RebuildResult:
     datagrams_per_change: list[int] = field(default_factory=list)
     change_cpu_ns: list[float] = field(default_factory=list)  # total over a change's datagrams
     plain_service_ns: float = 0.0
+    interleaved_plain_ns: list[float] = field(default_factory=list)  # one after each change: the noise floor
     control_change_ns: list[float] = field(default_factory=list)
     rebuilds: int = 0  # counted by the kernel, checked equal to the number of changes
 
@@ -105,6 +106,8 @@ def measure_rebuild(count: int, case: WeightCase, changes: int) -> RebuildResult
                 result.building_ns.append(runs[-1])
             result.datagrams_per_change.append(len(runs))
             result.change_cpu_ns.append(sum(runs) - len(runs) * result.plain_service_ns)
+            # a datagram with nothing to build, in the same (cold) conditions: what p100 means here
+            result.interleaved_plain_ns.append(_run(lb, service, XDP_PASS))
         result.changes = changes
         after = lb.counters()
         result.rebuilds = after.global_.rebuilds - before.rebuilds

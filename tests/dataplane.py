@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Optional
 
 from ebpflb import libbpf
 from ebpflb.instance import Instance
-from ebpflb.layout import SCHED_BUFFERS, CpuData, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
+from ebpflb.layout import SCHED_BUFFERS, CpuData, CtlOp, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
 from ebpflb.libbpf import XdpMd
 from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 
@@ -145,3 +146,13 @@ def on_one_cpu(cpu: Optional[int] = None) -> Iterator[int]:
         yield chosen
     finally:
         os.sched_setaffinity(0, before)
+
+
+def add_static_owned_by_loopback(instance: Instance, port: int, weight: int) -> None:
+    """A gateway registered from 127.0.0.1 (its owner) and then made static: it never expires,
+    and registration datagrams from 127.0.0.1 may still re-weight or remove it."""
+    loopback = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")  # network byte order in memory
+    addr = (ctypes.c_uint32 * 4)(loopback, 0, 0, 0)
+    instance.control(CtlOp.REGISTER, port=port, weight=weight, family=4, ifindex=1, addr=addr, payload_len=4)
+    instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
+

@@ -25,7 +25,7 @@ from ebpflb import scheduler
 from ebpflb.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp
 
 from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, on_one_cpu, shared
+from .dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, on_one_cpu, shared
 
 # ---------------------------------------------------------------- the model
 
@@ -310,8 +310,8 @@ def register(
 
 
 def set_weight(dataplane: Dataplane, port: int, weight: int, by_packet: bool) -> None:
-    if by_packet:
-        assert dataplane.run(P.registration6(port, weight))[0] == XDP_DROP
+    if by_packet:  # from the address that registered it (register: 127.0.0.1), its owner
+        assert dataplane.run(P.registration4(port, weight))[0] == XDP_DROP
     else:
         dataplane.instance.control(CtlOp.SET_WEIGHT, port=port, weight=weight)
     settle(dataplane)
@@ -535,11 +535,11 @@ def test_kernel_shares_hold_when_a_weight_changes_every_second_datagram(
 ) -> None:
     """By datagram, changes are built over the following datagrams and published at most once
     per jiffy; by control operation, every change is published at once (the worst case).
-    The gateways are static, so that none expires during the run; a registration datagram
-    re-weights a static gateway like any other."""
+    The gateways are registered from 127.0.0.1 and made static, so that none expires during
+    the run and the datagrams of their owner re-weight them."""
     base = base_table(gateways)
     for port, weight in base.items():
-        dataplane.instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
+        add_static_owned_by_loopback(dataplane.instance, port, weight)
     settle(dataplane)
     assert {p: w for p, (_, w) in dataplane.gateways().items()} == base
     ports: list[int] = []

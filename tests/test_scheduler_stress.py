@@ -23,7 +23,7 @@ from ebpflb import libbpf
 from ebpflb.layout import CtlOp
 
 from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, shared
+from .dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, shared
 
 pytestmark = pytest.mark.kernel
 
@@ -56,8 +56,8 @@ def traffic(prog_fd: int, cpu: int, until_ns: int, path: str) -> None:
 def change(dataplane: Dataplane, port: int, weight: int, by_packet: bool) -> None:
     if by_packet:
         assert dataplane.run(P.registration4(port, weight))[0] == XDP_DROP
-    elif weight:
-        dataplane.instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
+    elif weight:  # owned by 127.0.0.1 as datagrams are, so either path may change it next
+        add_static_owned_by_loopback(dataplane.instance, port, weight)
     else:
         dataplane.instance.control(CtlOp.SET_WEIGHT, port=port, weight=0)
 
