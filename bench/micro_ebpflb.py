@@ -11,11 +11,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from ebpflb import libbpf
-from ebpflb.instance import Instance, config_for
-from ebpflb.layout import MAX_GATEWAYS, SCHED_BUFFERS, CtlOp, GlobalCounters, LbState, Schedule
-from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
-from ebpflb.system import require_bpffs
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import MAX_GATEWAYS, SCHED_BUFFERS, CtlOp, GlobalCounters, LbState, Schedule
+from ebpflb.bpf.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+from ebpflb.dataplane import Instance, config_for
+from ebpflb.dataplane.host import require_bpffs
 
 BPFFS = "/sys/fs/bpf"
 # gateways registered here are static, and the clock check finds nothing to expire for a year

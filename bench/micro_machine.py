@@ -8,7 +8,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 
-from ebpflb.object_file import object_path
+from ebpflb.bpf.object_file import object_path
 
 from .micro_build import REPO, makefile_compiler
 

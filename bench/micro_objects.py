@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
-from ebpflb import libbpf
+from ebpflb.bpf import libbpf
 
 from .micro_packets import UDP_OFFSET
 

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ebpflb import libbpf
-from ebpflb.layout import CtlOp
-from ebpflb.libbpf import XdpMd
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import CtlOp
+from ebpflb.bpf.libbpf import XdpMd
 from ebpflb.scheduler import schedule
 
 from .micro_checks import XDP_DROP, XDP_PASS, expect, expect_verdict

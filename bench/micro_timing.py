@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ebpflb import libbpf
+from ebpflb.bpf import libbpf
 
 from .micro_checks import Check
 from .micro_objects import Replay

@@ -1,7 +1,7 @@
 import sys
 
 try:
-    from .cli import main
+    from ebpflb.cli import main
 except KeyboardInterrupt:  # Ctrl-C while Python was still importing: nothing was touched yet
     sys.exit(130)
 

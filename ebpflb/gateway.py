@@ -31,8 +31,10 @@ import threading
 import time
 from typing import Optional
 
-MAX_WEIGHT = 65535
-DEFAULT_REG_PORT = 3000
+from ebpflb.bpf import defaults, layout  # constants only: no libbpf, Typer or rich
+
+MAX_WEIGHT = layout.MAX_WEIGHT
+DEFAULT_REG_PORT = defaults.REG_PORT
 DEFAULT_INTERVAL_S = 1.0
 DEREGISTER_GRACE_S = 0.1  # far longer than a datagram takes from the XDP program to the socket
 LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}

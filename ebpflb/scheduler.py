@@ -19,7 +19,7 @@ from functools import reduce
 from math import gcd
 from typing import Sequence
 
-from .layout import SCHED_SIZE
+from ebpflb.bpf.layout import SCHED_SIZE
 
 GOLDEN = 0x9E3779B9  # kernel/scheduler.bpf.h adopt_schedule(): spreads the CPUs' first cursors
 

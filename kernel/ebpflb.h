@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
-/* Types shared by the XDP object and user space (mirrored in ebpflb/layout.py).
+/* Types shared by the XDP object and user space (mirrored in ebpflb/bpf/layout.py).
  * Plain fixed-width fields with explicit padding: the byte layout is the contract. */
 #ifndef EBPFLB_H
 #define EBPFLB_H
@@ -13,6 +13,10 @@
 #define SCHED_BUFFERS 4		/* power of two: schedules are published round robin over these */
 #define MAX_WEIGHT 65535
 #define REG_PAYLOAD_MIN 4	/* bytes 0-3: weight, u32 big-endian; later bytes reserved */
+/* Version of the pinned layout below, recorded in lb_state by the program that created the
+ * pins: user space refuses pins of another version instead of misreading them. Bump it with
+ * any change of a pinned struct. */
+#define EBPFLB_ABI_VERSION 2
 
 /* Why a registration was refused; each reason has its own counter. */
 enum reject_reason {
@@ -73,10 +77,12 @@ struct lb_config {
 	__u64 expiry_ns;
 };
 
-/* The gateway table and the scheduler's shared state: one element, pinned.
+/* The gateway table and the scheduler's shared state: one element, pinned. The fields every
+ * datagram reads come first; the port index lives in its own map (struct port_index).
  * Writers hold the lock only for O(1) work; scans run lock-free and re-check under it. */
 struct lb_state {
-	struct bpf_spin_lock lock;	/* guards the gateway table and its indexes */
+	__u32 abi_version;		/* EBPFLB_ABI_VERSION of the object that created the pins; first, always */
+	struct bpf_spin_lock lock;	/* guards the gateway table and its indexes, also the port index */
 	__u32 version;			/* bumped (fully ordered) after every change of membership or weight */
 	__u32 count;			/* live gateways: entries of live_slots */
 	__u32 published;		/* gen << 2 | buffer of the newest schedule; 0 before the first */
@@ -92,6 +98,10 @@ struct lb_state {
 	__u16 free_slots[MAX_GATEWAYS];	/* released slots, reused first */
 	__u16 live_slots[MAX_GATEWAYS];	/* slots of the live gateways, dense: the fallback picks here */
 	__u16 live_index[MAX_GATEWAYS];	/* position of each live slot in live_slots */
+};
+
+/* Which slot holds each port: read only by registrations, so out of the datagrams' way. */
+struct port_index {
 	__u16 slot_of_port[65536];	/* slot + 1 of the gateway on each port, 0 if none */
 };
 

@@ -19,6 +19,14 @@ struct {
  * published several jiffies ago, never into the one packets read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_index);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_port_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SCHED_BUFFERS);
 	__type(key, __u32);
 	__type(value, struct schedule);
@@ -89,6 +97,13 @@ static __always_inline struct lb_state *shared_state(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&lb_state, &zero);
+}
+
+static __always_inline struct port_index *port_index(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_port_index, &zero);
 }
 
 static __always_inline struct cpu_data *this_cpu_data(void)

@@ -49,13 +49,13 @@ static __always_inline int slot_alloc(struct lb_state *st)
 }
 
 /* Empties a slot (caller holds the lock). */
-static __always_inline void slot_release(struct lb_state *st, __u32 slot)
+static __always_inline void slot_release(struct lb_state *st, struct port_index *ix, __u32 slot)
 {
 	struct gateway *g = &st->gw[slot & (MAX_GATEWAYS - 1)];
 
 	__u32 index = st->live_index[slot & (MAX_GATEWAYS - 1)], last;
 
-	st->slot_of_port[g->port] = 0;
+	ix->slot_of_port[g->port] = 0;
 	WRITE_ONCE(g->port, 0);
 	g->weight = 0;
 	g->is_static = 0;
@@ -78,14 +78,15 @@ static __always_inline void live_append(struct lb_state *st, __u32 slot)
 
 /* Applies one registration; O(1) under the table lock. Returns an enum reg_event or
  * REJECTED(reason), and the gateway's slot in *slot. */
-static __always_inline int table_apply(struct lb_state *st, const struct reg_request *r, __u32 *slot)
+static __always_inline int table_apply(struct lb_state *st, struct port_index *ix,
+				       const struct reg_request *r, __u32 *slot)
 {
 	struct gateway *g;
 	__u32 found;
 	int ret, free;
 
 	bpf_spin_lock(&st->lock);
-	found = st->slot_of_port[r->port];
+	found = ix->slot_of_port[r->port];
 	if (!found) {
 		if (r->flags & REG_MUST_EXIST) {
 			ret = REJECTED(REJECT_UNKNOWN_GATEWAY);
@@ -107,7 +108,7 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 		for (int k = 0; k < 4; k++)
 			g->owner[k] = r->flags & REG_FROM_SOURCE ? r->owner[k] : 0;
 		WRITE_ONCE(g->port, r->port);
-		st->slot_of_port[r->port] = free + 1;
+		ix->slot_of_port[r->port] = free + 1;
 		live_append(st, free);
 		if (!g->is_static && r->now + lb_config.expiry_ns < st->next_expiry_ns)
 			st->next_expiry_ns = r->now + lb_config.expiry_ns;
@@ -123,7 +124,7 @@ static __always_inline int table_apply(struct lb_state *st, const struct reg_req
 		goto out;
 	}
 	if (!r->weight) {
-		slot_release(st, found - 1);
+		slot_release(st, ix, found - 1);
 		ret = REG_REMOVED;
 		goto changed;
 	}
@@ -196,6 +197,8 @@ static __always_inline int reject(struct cpu_data *cpu, __u32 port, __u32 weight
 static __always_inline void publish_config(struct lb_state *st)
 {
 	st->config = lb_config;
+	if (!st->abi_version)	/* kept if set: it names the creator of the pins */
+		st->abi_version = EBPFLB_ABI_VERSION;
 }
 
 /* Validates and applies a change of the table; returns 0 or REJECTED(reason).
@@ -203,11 +206,12 @@ static __always_inline void publish_config(struct lb_state *st)
 __noinline int registry_update(struct reg_request *r)
 {
 	struct lb_state *st = shared_state();
+	struct port_index *ix = port_index();
 	struct cpu_data *cpu = this_cpu_data();
 	__u32 slot = 0, port, weight;
 	int ret;
 
-	if (!r || !st)
+	if (!r || !st || !ix)
 		return REJECTED(REJECT_BAD_REQUEST);
 	port = r->port;
 	weight = r->weight;
@@ -217,7 +221,7 @@ __noinline int registry_update(struct reg_request *r)
 		return reject(cpu, port, weight, REJECT_WEIGHT_RANGE);
 	if ((r->flags & REG_FROM_SOURCE) && (port < lb_config.gw_port_min || port > lb_config.gw_port_max))
 		return reject(cpu, port, weight, REJECT_PORT_NOT_ALLOWED);
-	ret = table_apply(st, r, &slot);
+	ret = table_apply(st, ix, r, &slot);
 	if (ret < 0)
 		return reject(cpu, port, weight, -ret - 1);
 	if (cpu)
@@ -241,6 +245,7 @@ __noinline int registry_update(struct reg_request *r)
 
 struct expire_ctx {
 	struct lb_state *st;
+	struct port_index *ix;
 	struct cpu_data *cpu;
 	__u64 now;
 	__u64 next;		/* earliest deadline among the gateways that stay */
@@ -264,7 +269,7 @@ static long expire_step(__u64 slot, struct expire_ctx *c)
 	}
 	bpf_spin_lock(&st->lock);
 	if (g->port == port && !g->is_static && g->last_seen_ns + lb_config.expiry_ns <= c->now) {
-		slot_release(st, slot);
+		slot_release(st, c->ix, slot);
 		__sync_fetch_and_add(&st->version, 1);	/* as in table_apply */
 		removed = 1;
 	}
@@ -284,8 +289,9 @@ __noinline int expire_gateways(__u64 now)
 	struct expire_ctx c = { .now = now, .next = NO_DEADLINE };
 
 	c.st = shared_state();
+	c.ix = port_index();
 	c.cpu = this_cpu_data();
-	if (!c.st)
+	if (!c.st || !c.ix)
 		return 0;
 	bpf_loop(MAX_GATEWAYS, expire_step, &c, 0);
 	/* a gateway added during the scan may be missing from c.next, but its deadline is

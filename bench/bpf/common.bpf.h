@@ -8,8 +8,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "parsing.bpf.h"
-#include "csum.bpf.h"
+#include "packet/parsing.bpf.h"
+#include "packet/csum.bpf.h"
 
 #define BENCH_MAX_GATEWAYS 256	/* as ebpflb's MAX_GATEWAYS */
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from .errors import EbpflbError
+from ebpflb.errors import EbpflbError
 
 LOOPBACK_IFINDEX = 1
 

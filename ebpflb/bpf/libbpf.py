@@ -2,7 +2,9 @@
 
 Every symbol used has argtypes and restype. libbpf's int functions return -errno and its
 pointer functions return NULL with errno set; both become OSError with the errno text.
-"""
+
+Over 300 lines because it is one binding: the ctypes prototypes of every libbpf call ebpflb
+makes sit next to their thin wrappers, so a reader checks both against libbpf.h in one place."""
 
 from __future__ import annotations
 
@@ -290,6 +292,14 @@ def obj_id(fd: int) -> int:
 
 
 prog_id = obj_id
+
+
+def map_value_size(fd: int) -> int:
+    """Value size of the map behind fd (struct bpf_map_info: type, id, key_size, value_size)."""
+    info = (ctypes.c_uint32 * 64)()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "map info")
+    return int(info[3])
 
 
 def prog_map_ids(program_id: int) -> list[int]:

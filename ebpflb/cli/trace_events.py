@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Collection, Optional
 
-from .errors import EbpflbError
+from ebpflb.errors import EbpflbError
 
 TRACEFS = "/sys/kernel/tracing"
 TRACE_DIRS = (TRACEFS, "/sys/kernel/debug/tracing")

@@ -11,9 +11,9 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from . import libbpf
-from .errors import EbpflbError
-from .layout import CtlArgs, CtlOp, RejectReason
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import CtlArgs, CtlOp, RejectReason
+from ebpflb.errors import EbpflbError
 
 # Linux values; the socket module lacks some of them on older Pythons.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)

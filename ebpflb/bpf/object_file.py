@@ -6,8 +6,8 @@ OBJECT_NAME = "ebpflb.bpf.o"
 XDP_PROGRAM = "ebpflb_xdp"
 CONTROL_PROGRAM = "ebpflb_control"
 CONFIG_SECTION = ".rodata.config"
-PINNED_MAPS = ("lb_state", "lb_schedules", "lb_percpu")
+PINNED_MAPS = ("lb_state", "lb_schedules", "lb_percpu", "lb_port_index")
 
 
 def object_path() -> Path:
-    return Path(__file__).resolve().parent / "bpf" / OBJECT_NAME
+    return Path(__file__).resolve().parent / OBJECT_NAME

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 
-from .gateway import Gateway
+from ebpflb.gateway import DEFAULT_REG_PORT, Gateway
 
 SO_RCVBUFFORCE = 33  # root may exceed rmem_max: a burst must not overflow the queue
 RCVBUF_BYTES = 4 << 20
@@ -45,11 +45,11 @@ def report(received: Counter, done: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ebpflb.demo_gateway")
+    parser = argparse.ArgumentParser(prog="python -m ebpflb.demo.gateway_process")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--weight", type=int, required=True)
     parser.add_argument("--interval", type=float, default=1.0, help="heartbeat interval, seconds")
-    parser.add_argument("--reg-port", type=int, default=3000)
+    parser.add_argument("--reg-port", type=int, default=DEFAULT_REG_PORT)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 

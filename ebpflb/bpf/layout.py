@@ -13,6 +13,7 @@ SCHED_SIZE = 4096
 SCHED_BUFFERS = 4
 MAX_WEIGHT = 65535
 REG_PAYLOAD_MIN = 4
+ABI_VERSION = 2  # EBPFLB_ABI_VERSION: the pinned layout's version
 
 
 class RejectReason(enum.IntEnum):
@@ -83,6 +84,7 @@ class LbConfig(ctypes.Structure):
 
 class LbState(ctypes.Structure):
     _fields_ = [
+        ("abi_version", u32),
         ("lock", u32),
         ("version", u32),
         ("count", u32),
@@ -99,6 +101,11 @@ class LbState(ctypes.Structure):
         ("free_slots", u16 * MAX_GATEWAYS),
         ("live_slots", u16 * MAX_GATEWAYS),
         ("live_index", u16 * MAX_GATEWAYS),
+    ]
+
+
+class PortIndex(ctypes.Structure):
+    _fields_ = [
         ("slot_of_port", u16 * 65536),
     ]
 
@@ -173,6 +180,7 @@ BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "gateway": Gateway,
     "lb_config": LbConfig,
     "lb_state": LbState,
+    "port_index": PortIndex,
     "schedule": Schedule,
     "global_counters": GlobalCounters,
     "gateway_counters": GatewayCounters,

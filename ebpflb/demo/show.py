@@ -6,7 +6,10 @@ second, streams datagrams to the service port and shows each gateway's share nex
 weight share. Midway one gateway raises its weight, later another stops heartbeating and
 expires. Then it removes everything it created, also on Ctrl-C or an error, and prints a
 summary. Run as root: `python -m ebpflb.demo` (add --plain for line output in a terminal).
-"""
+
+Over 300 lines because it is one script: the phases of the show read top to bottom as they
+run; the namespace, the view and the gateway processes are in env.py, view.py and
+gateway_process.py."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from typing import Any, Callable, Optional
 from rich.console import Console
 from rich.live import Live
 
-from .demo_env import (
+from ebpflb.bpf import defaults
+from ebpflb.dataplane import Instance, config_for
+from ebpflb.demo.env import (
     BPFFS,
     NAME_PREFIX,
     DemoSetupError,
@@ -35,12 +40,11 @@ from .demo_env import (
     require_root,
     unmount_bpffs_if_empty,
 )
-from .demo_view import Frame, Phase, Row, plain_event, plain_line, print_summary, render
-from .errors import EbpflbError
-from .instance import Instance, config_for
+from ebpflb.demo.view import Frame, Phase, Row, plain_event, plain_line, print_summary, render
+from ebpflb.errors import EbpflbError
 
-SERVICE_PORT = 2152
-REG_PORT = 3000
+SERVICE_PORT = defaults.SERVICE_PORT
+REG_PORT = defaults.REG_PORT
 EXPIRY_S = 3.0
 HEARTBEAT_S = 1.0
 GATEWAYS = ((7001, 1), (7002, 2), (7003, 3))
@@ -54,7 +58,7 @@ PLAIN_EVERY_S = 1.0
 
 
 class GatewayProcess:
-    """A `python -m ebpflb.demo_gateway` child; a thread reads its reports."""
+    """A `python -m ebpflb.demo.gateway_process` child; a thread reads its reports."""
 
     def __init__(self, port: int, weight: int) -> None:
         self.port = port
@@ -66,7 +70,7 @@ class GatewayProcess:
             [
                 sys.executable,
                 "-m",
-                "ebpflb.demo_gateway",
+                "ebpflb.demo.gateway_process",
                 "--port",
                 str(port),
                 "--weight",

@@ -11,8 +11,8 @@ import shutil
 import subprocess
 from typing import Iterator
 
-from .netns import entered as netns_entered
-from .netns import pid_alive
+from ebpflb.netns import entered as netns_entered
+from ebpflb.netns import pid_alive
 
 BPFFS = "/sys/fs/bpf"
 NAME_PREFIX = "ebpflb-demo-"

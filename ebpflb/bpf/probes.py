@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from . import libbpf
-from .errors import EbpflbError
+from ebpflb.bpf import libbpf
+from ebpflb.errors import EbpflbError
 
 # uapi linux/bpf.h (checked against vmlinux.h)
 BPF_PROG_TYPE_XDP = 6

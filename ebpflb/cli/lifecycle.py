@@ -1,0 +1,122 @@
+"""`load`, `run` and `unload`: attaching the dataplane and taking it away."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ebpflb.bpf import defaults
+from ebpflb.cli.common import (
+    BalanceForwarded,
+    DropWithoutGateway,
+    Expiry,
+    GatewayPorts,
+    Interfaces,
+    Mode,
+    PinPath,
+    RegPort,
+    ServicePort,
+    TraceOpt,
+    UsageError,
+    app,
+    check_options,
+    instance_at,
+    out,
+    parse_port_range,
+    run,
+    termination_as_interrupt,
+)
+from ebpflb.cli.foreground import run_foreground
+from ebpflb.cli.run_lock import refuse_if_owned, remove_stale_lock
+from ebpflb.dataplane import Instance, config_for, default_pin_path
+from ebpflb.dataplane.host import require_lasting_bpffs
+from ebpflb.errors import EbpflbError
+
+DEFAULT_GATEWAY_PORTS = "{}-{}".format(*defaults.GATEWAY_PORTS)
+
+@app.command()
+def load(
+    interfaces: Interfaces,
+    trace: TraceOpt = False,
+    expiry: Expiry = defaults.EXPIRY_S,
+    port: ServicePort = defaults.SERVICE_PORT,
+    reg_port: RegPort = defaults.REG_PORT,
+    mode: Mode = "auto",
+    drop_without_gateway: DropWithoutGateway = False,
+    gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
+    balance_forwarded: BalanceForwarded = False,
+    userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
+        bool, typer.Option("-u", "--userspace-registrations", hidden=True)
+    ] = False,
+    pin_path: PinPath = None,
+) -> None:
+    """Attach the load balancer to IFACE... and return; state is pinned under --pin-path."""
+    pin_path = pin_path or default_pin_path()
+    if userspace:  # user-space registrations need a process to receive them
+        raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
+    check_options(mode, port, reg_port, expiry, gateway_ports)
+
+    def act() -> None:
+        ports = parse_port_range(gateway_ports)
+        config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway, ports, balance_forwarded)
+        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
+        refuse_if_owned(pin_path, interfaces)
+        instance = Instance(pin_path)
+        try:
+            with termination_as_interrupt():  # so that load detaches what it attached
+                attached = instance.load(interfaces, config, mode)
+        except KeyboardInterrupt:
+            if instance.attachments():  # it came after the load had finished
+                loaded = f"interrupted, but ebpflb was loaded at {pin_path}: `ebpflb unload` removes it"
+                raise EbpflbError(loaded) from None
+            raise
+        where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
+        out.print(f"ebpflb loaded on {where}; service port {port}, registrations on {reg_port}, pins in {pin_path}")
+
+    run(act)
+
+
+@app.command("run")
+def run_cmd(
+    interfaces: Interfaces,
+    trace: TraceOpt = False,
+    expiry: Expiry = defaults.EXPIRY_S,
+    userspace: Annotated[
+        bool, typer.Option("-u", "--userspace-registrations", help="Receive registrations in this process.")
+    ] = False,
+    port: ServicePort = defaults.SERVICE_PORT,
+    reg_port: RegPort = defaults.REG_PORT,
+    mode: Mode = "auto",
+    drop_without_gateway: DropWithoutGateway = False,
+    gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
+    balance_forwarded: BalanceForwarded = False,
+    pin_path: PinPath = None,
+) -> None:
+    """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
+    pin_path = pin_path or default_pin_path()
+    check_options(mode, port, reg_port, expiry, gateway_ports)
+
+    def act() -> None:
+        ports = parse_port_range(gateway_ports)
+        config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
+        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
+        refuse_if_owned(pin_path, interfaces)
+        run_foreground(pin_path, interfaces, config, mode, out)
+
+    run(act)
+
+
+@app.command()
+def unload(pin_path: PinPath = None) -> None:
+    """Detach everything the instance attached and remove its pins."""
+    pin_path = pin_path or default_pin_path()
+
+    def act() -> None:
+        refuse_if_owned(pin_path)
+        detached = instance_at(pin_path).unload()
+        remove_stale_lock(pin_path)  # left by a `run` killed with kill -9
+        where = ", ".join(a.ifname for a in detached) or "no interface"
+        out.print(f"ebpflb unloaded from {where}; removed {pin_path}")
+
+    run(act)

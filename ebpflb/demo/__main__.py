@@ -1,0 +1,5 @@
+import sys
+
+from ebpflb.demo.show import main
+
+sys.exit(main())
