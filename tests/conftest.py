@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from ebpflb.instance import Instance
+from ebpflb.dataplane import Instance
 
 from .netns import NetNS, sh
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
-from ebpflb import libbpf
-from ebpflb.instance import Instance
-from ebpflb.layout import SCHED_BUFFERS, CpuData, CtlOp, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
-from ebpflb.libbpf import XdpMd
-from ebpflb.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import SCHED_BUFFERS, CpuData, CtlOp, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
+from ebpflb.bpf.libbpf import XdpMd
+from ebpflb.bpf.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
+from ebpflb.dataplane import Instance
 
 from .netns import NetNS
 

@@ -17,13 +17,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ebpflb.cli import app
-from ebpflb.instance import Instance
-from ebpflb.run import lock_path
+from ebpflb.cli.run_lock import lock_path
+from ebpflb.dataplane import Instance
 
-from .netns import REPO, NetNS
+from ..netns import REPO, NetNS
+from ..traffic import LOOPBACK, Gateway, Sender, cli_ok, wait_for_total, wait_until
 from .test_run_mode import RunProcess, assert_gone
 from .test_run_mode import remove_stale_lock as remove_lock_left_behind
-from .traffic import LOOPBACK, Gateway, Sender, cli_ok, wait_for_total, wait_until
 
 pytestmark = pytest.mark.kernel
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from ebpflb.instance import Instance
+from ebpflb.dataplane import Instance
 
-from .netns import NetNS
+from ..netns import NetNS
+from ..traffic import cli_ok, gateways, wait_until
 from .test_run_mode import RunProcess, counts_after_sending, remove_stale_lock, wait_registered
-from .traffic import cli_ok, gateways, wait_until
 
 pytestmark = pytest.mark.kernel
 

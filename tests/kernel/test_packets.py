@@ -22,11 +22,11 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
 from ebpflb import scheduler
-from ebpflb.layout import MAX_GATEWAYS, CtlOp
+from ebpflb.bpf.layout import MAX_GATEWAYS, CtlOp
 
-from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu, shared
-from .netns import NetNS
+from .. import packets as P
+from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu, shared
+from ..netns import NetNS
 
 pytestmark = pytest.mark.kernel
 

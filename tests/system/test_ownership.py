@@ -9,10 +9,10 @@ import struct
 
 import pytest
 
-from .netns import NetNS
+from ..netns import NetNS
+from ..traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, family, status_json
 from .test_registration import balancer, expect_counters, table
 from .test_registration import mode as mode  # noqa: F401  (the fixture: kernel and user-space registrations)
-from .traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, family, status_json
 
 pytestmark = pytest.mark.kernel
 

@@ -13,10 +13,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ebpflb.instance import Instance
+from ebpflb.dataplane import Instance
 
-from .netns import NetNS
-from .traffic import (
+from ..netns import NetNS
+from ..traffic import (
     SERVICE_PORT,
     SO_NO_CHECK,
     Capture,

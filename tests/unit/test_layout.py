@@ -1,4 +1,4 @@
-"""ebpflb/layout.py against the shipped object's BTF and kernel/ebpflb.h.
+"""ebpflb/bpf/layout.py against the shipped object's BTF and kernel/ebpflb.h.
 
 The ctypes mirror is the byte contract user space reads the maps with: every struct must
 have the C struct's size, and every member its name, offset and size. The BTF comes from
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ebpflb import layout
-from ebpflb.libbpf import BpfObject
-from ebpflb.object_file import CONFIG_SECTION, PINNED_MAPS, object_path
+from ebpflb.bpf import layout
+from ebpflb.bpf.libbpf import BpfObject
+from ebpflb.bpf.object_file import CONFIG_SECTION, PINNED_MAPS, object_path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEADER = REPO / "kernel" / "ebpflb.h"
 BTF_MAP_ARRAY, BTF_MAP_PERCPU_ARRAY = 2, 6
 

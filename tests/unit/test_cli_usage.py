@@ -15,9 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ebpflb import cli
-from ebpflb import run as run_module
-from ebpflb.instance import GatewayInfo, Snapshot
-from ebpflb.layout import CtlOp, GlobalCounters, LbState
+from ebpflb.bpf.layout import CtlOp, GlobalCounters, LbState
+from ebpflb.cli import common
+from ebpflb.cli import run_lock as run_module
+from ebpflb.dataplane import GatewayInfo, Snapshot
 
 
 @dataclass
@@ -178,8 +179,8 @@ class FakeInstance:
 def fake_instance(monkeypatch: pytest.MonkeyPatch) -> type[FakeInstance]:
     FakeInstance.table = [gateway(7001, 5, False, 2.375), gateway(7003, 2, True, 99.0)]
     FakeInstance.calls = []
-    monkeypatch.setattr(cli, "Instance", FakeInstance)
-    monkeypatch.setattr(cli, "require_bpffs", lambda pin_path: None)
+    monkeypatch.setattr(common, "Instance", FakeInstance)
+    monkeypatch.setattr(common, "require_bpffs", lambda pin_path: None)
     return FakeInstance
 
 

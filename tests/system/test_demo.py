@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .netns import REPO
+from ..netns import REPO
 
 pytestmark = pytest.mark.kernel
 

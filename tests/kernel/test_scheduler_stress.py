@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from ebpflb import libbpf
-from ebpflb.layout import CtlOp
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import CtlOp
 
-from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, shared
+from .. import packets as P
+from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, shared
 
 pytestmark = pytest.mark.kernel
 

@@ -14,11 +14,11 @@ from typing import Iterator
 
 import pytest
 
-from ebpflb.instance import Instance
+from ebpflb.dataplane import Instance
 from ebpflb.scheduler import sequence
 
-from .netns import NetNS
-from .traffic import (
+from ..netns import NetNS
+from ..traffic import (
     LOOPBACK,
     SERVICE_PORT,
     Gateway,

@@ -13,12 +13,11 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-from ebpflb.instance import Instance
-from ebpflb.layout import MAX_GATEWAYS, RejectReason
+from ebpflb.bpf.layout import MAX_GATEWAYS, RejectReason
+from ebpflb.dataplane import Instance
 
-from .netns import NetNS, sh
-from .test_run_mode import RunProcess
-from .traffic import (
+from ..netns import NetNS, sh
+from ..traffic import (
     LOOPBACK,
     REG_PORT,
     SERVICE_PORT,
@@ -30,6 +29,7 @@ from .traffic import (
     gateways_json,
     wait_until,
 )
+from .test_run_mode import RunProcess
 
 pytestmark = pytest.mark.kernel
 

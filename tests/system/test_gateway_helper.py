@@ -12,11 +12,11 @@ import time
 
 import pytest
 
+from ebpflb.dataplane import Instance
 from ebpflb.gateway import Gateway, registration_payload
-from ebpflb.instance import Instance
 
-from .netns import REPO, NetNS
-from .traffic import LOOPBACK, Sender, cli_ok, gateways_json, status_json, wait_until
+from ..netns import REPO, NetNS
+from ..traffic import LOOPBACK, Sender, cli_ok, gateways_json, status_json, wait_until
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 

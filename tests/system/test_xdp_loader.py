@@ -23,12 +23,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from ebpflb import libbpf
-from ebpflb.layout import LbState
-from ebpflb.object_file import PINNED_MAPS, object_path
+from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import LbState
+from ebpflb.bpf.object_file import PINNED_MAPS, object_path
 
-from .netns import NetNS
-from .traffic import (
+from ..netns import NetNS
+from ..traffic import (
     LOOPBACK,
     SERVICE_PORT,
     Gateway,

@@ -13,14 +13,14 @@ from typing import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from ebpflb import libbpf, probes, verifier_log
+from ebpflb.bpf import libbpf, probes, verifier_log
 from ebpflb.cli import app
+from ebpflb.dataplane.loading import load_object
 from ebpflb.errors import EbpflbError
-from ebpflb.instance import Instance
 
-from .netns import NetNS
+from ..netns import NetNS
 
-VMLINUX_H = Path(__file__).resolve().parent.parent / "vmlinux.h"
+VMLINUX_H = Path(__file__).resolve().parents[2] / "vmlinux.h"
 
 # The tail of a real verifier log (Linux 6.x) of an XDP program reading its packet unchecked.
 SAMPLE_LOG = """\
@@ -171,7 +171,7 @@ def test_verifier_refusal_shows_its_reason_and_keeps_the_whole_log(tmp_path: Pat
     subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(source), "-o", str(obj_path)], check=True)
 
     with libbpf.BpfObject(str(obj_path)) as obj, pytest.raises(EbpflbError) as e:
-        Instance(str(tmp_path / "pins"))._load_object(obj)
+        load_object(obj, str(tmp_path / "pins"))
     text = str(e.value)
     assert "\n" not in text
     assert text.startswith("loading the BPF object failed: the kernel verifier refused program unchecked: ")

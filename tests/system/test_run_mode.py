@@ -17,11 +17,11 @@ from typing import Iterator, Optional
 
 import pytest
 
-from ebpflb.instance import Instance
-from ebpflb.run import lock_path, running_owner
+from ebpflb.cli.run_lock import lock_path, running_owner
+from ebpflb.dataplane import Instance
 
-from .netns import NetNS
-from .traffic import LOOPBACK, REG_PORT, Gateway, Sender, gateways, wait_for_total, wait_until
+from ..netns import NetNS
+from ..traffic import LOOPBACK, REG_PORT, Gateway, Sender, gateways, wait_for_total, wait_until
 
 pytestmark = pytest.mark.kernel
 

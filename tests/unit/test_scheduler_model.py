@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb import scheduler
-from ebpflb.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp
+from ebpflb.bpf.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp
 
-from . import packets as P
-from .dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, on_one_cpu, shared
+from .. import packets as P
+from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, on_one_cpu, shared
 
 # ---------------------------------------------------------------- the model
 

@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from .netns import NetNS
-from .traffic import SERVICE_PORT, Gateway, cli_ok, status_json, wait_until
+from ..netns import NetNS
+from ..traffic import SERVICE_PORT, Gateway, cli_ok, status_json, wait_until
 
 pytestmark = pytest.mark.kernel
 

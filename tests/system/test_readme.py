@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import REPO, NetNS
+from ..netns import REPO, NetNS
 
 pytestmark = pytest.mark.kernel
 

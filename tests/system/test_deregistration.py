@@ -16,8 +16,8 @@ import pytest
 
 from ebpflb import gateway
 
-from .netns import NetNS
-from .traffic import LOOPBACK, Gateway, cli_ok, drain_all, seq_of, status_json, wait_for_total, wait_until
+from ..netns import NetNS
+from ..traffic import LOOPBACK, Gateway, cli_ok, drain_all, seq_of, status_json, wait_for_total, wait_until
 
 pytestmark = pytest.mark.kernel
 

@@ -16,12 +16,12 @@ from typing import Iterator
 
 import pytest
 
-from ebpflb.trace import TRACE_DIRS, parse_line
+from ebpflb.cli.trace_events import TRACE_DIRS, parse_line
 
-from .netns import NetNS
+from ..netns import NetNS
+from ..traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, wait_until
 from .test_registration import expect_counters, poke, table
 from .test_run_mode import RunProcess
-from .traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, wait_until
 
 pytestmark = pytest.mark.kernel
 

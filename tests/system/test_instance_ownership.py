@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from ebpflb import libbpf
+from ebpflb.bpf import libbpf
 
-from .netns import REPO, NetNS
-from .traffic import cli_ok
+from ..netns import REPO, NetNS
+from ..traffic import cli_ok
 
 pytestmark = pytest.mark.kernel
 
