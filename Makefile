@@ -11,7 +11,7 @@ BPF_CFLAGS := -g -O2 -Wall -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
 	-fdebug-prefix-map=$(CURDIR)=. -I. -Ikernel
 DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool xdp-tools iproute2 ethtool socat
 
-.PHONY: all check-object deps venv lint test bench bench-e2e demo clean
+.PHONY: all check-object deps venv lint test unit bench bench-e2e demo clean
 
 all: $(OBJ)
 
@@ -51,6 +51,10 @@ lint: venv
 
 test: deps venv check-object lint
 	$(PY) -m pytest tests
+
+# tests/unit only: needs no root and loads nothing into the kernel.
+unit: venv
+	$(PY) -m pytest tests/unit -q
 
 bench: deps venv
 	$(PY) -m bench.micro

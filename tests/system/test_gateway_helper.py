@@ -13,10 +13,12 @@ import time
 import pytest
 
 from ebpflb.dataplane import Instance
-from ebpflb.gateway import Gateway, registration_payload
+from ebpflb.gateway import Gateway
 
 from ..netns import REPO, NetNS
 from ..traffic import LOOPBACK, Sender, cli_ok, gateways_json, status_json, wait_until
+
+pytestmark = pytest.mark.kernel
 
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -45,19 +47,7 @@ def receive_all(sock: socket.socket, timeout: float = 0.3) -> list[bytes]:
         return got
 
 
-# ---------------------------------------------------------------- without the kernel
-
-
-@pytest.mark.parametrize("weight", [-1, 65536, 1.5, True, "3"])
-def test_weight_out_of_range_is_refused(weight: object) -> None:
-    with pytest.raises(ValueError):
-        Gateway(weight=weight, start=False)  # type: ignore[arg-type]
-
-
-def test_payload_is_weight_big_endian() -> None:
-    assert registration_payload(5) == b"\x00\x00\x00\x05"
-    assert registration_payload(65535) == b"\x00\x00\xff\xff"
-    assert registration_payload(0) == b"\x00\x00\x00\x00"
+# ---------------------------------------------------------------- in a namespace, without BPF
 
 
 def test_socket_on_a_non_loopback_address_is_refused(netns: NetNS) -> None:
@@ -72,15 +62,9 @@ def test_socket_on_a_non_loopback_address_is_refused(netns: NetNS) -> None:
         sock.close()
 
 
-def test_unbound_socket_is_refused() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, pytest.raises(ValueError, match="bound"):
-        Gateway(sock=sock, start=False)
-
-
 # ---------------------------------------------------------------- in the kernel
 
 
-@pytest.mark.kernel
 @pytest.mark.parametrize("version", [4, 6])
 def test_gateway_appears_with_its_weight_and_receives(netns: NetNS, pin_path: str, version: int) -> None:
     load(netns, pin_path)
@@ -92,7 +76,6 @@ def test_gateway_appears_with_its_weight_and_receives(netns: NetNS, pin_path: st
     assert status_json(netns, pin_path)["counters"]["registrations_accepted"] >= 2  # register + deregister
 
 
-@pytest.mark.kernel
 def test_weight_change_applies_at_once(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path)
     with netns.entered(), Gateway(weight=1, interval=60) as one, Gateway(weight=1, interval=60) as two:
@@ -104,7 +87,6 @@ def test_weight_change_applies_at_once(netns: NetNS, pin_path: str) -> None:
             assert (len(receive_all(one.sock)), len(receive_all(two.sock))) == (10, 30)
 
 
-@pytest.mark.kernel
 def test_weight_change_rides_the_next_heartbeat_when_stopped(netns: NetNS, pin_path: str) -> None:
     """A weight set while the heartbeat is not running is sent by the next start."""
     load(netns, pin_path)
@@ -119,7 +101,6 @@ def test_weight_change_rides_the_next_heartbeat_when_stopped(netns: NetNS, pin_p
             gw.close()
 
 
-@pytest.mark.kernel
 def test_users_own_socket_registers_and_stays_open(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path)
     with netns.entered():
@@ -136,7 +117,6 @@ def test_users_own_socket_registers_and_stays_open(netns: NetNS, pin_path: str) 
         sock.close()
 
 
-@pytest.mark.kernel
 @pytest.mark.parametrize("version", [4, 6])
 def test_close_deregisters_at_once(netns: NetNS, pin_path: str, version: int) -> None:
     load(netns, pin_path)
@@ -152,7 +132,6 @@ def test_close_deregisters_at_once(netns: NetNS, pin_path: str, version: int) ->
     assert status_json(netns, pin_path)["counters"]["expired"] == 0
 
 
-@pytest.mark.kernel
 def test_heartbeats_keep_it_alive_and_silence_expires_it(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path, "-e", "1")
     with netns.entered(), Sender(4, LOOPBACK[4]) as sender:
@@ -183,7 +162,6 @@ def test_heartbeats_keep_it_alive_and_silence_expires_it(netns: NetNS, pin_path:
             assert receive_all(silent.sock, 0.05) == []
 
 
-@pytest.mark.kernel
 def test_exit_without_close_deregisters(netns: NetNS, pin_path: str) -> None:
     """A daemon that simply returns from main deregisters through atexit."""
     load(netns, pin_path)
@@ -228,7 +206,6 @@ def interrupt(proc: subprocess.Popen, signum: int = signal.SIGINT) -> str:
     return out
 
 
-@pytest.mark.kernel
 def test_minimal_example_registers_receives_and_deregisters(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path)
     proc = start_example(netns, str(EXAMPLES / "minimal_gateway.py"), "7001", "3")
@@ -249,7 +226,6 @@ def test_minimal_example_registers_receives_and_deregisters(netns: NetNS, pin_pa
             proc.wait()
 
 
-@pytest.mark.kernel
 def test_adaptive_example_weights_follow_capacity(netns: NetNS, pin_path: str) -> None:
     load(netns, pin_path)
     fast = start_example(netns, str(EXAMPLES / "adaptive_gateway.py"), "7001", "--work-ms", "1", "--period", "0.5")

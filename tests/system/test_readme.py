@@ -6,7 +6,8 @@ veth named eth0, as on a real host) against the instance they load, with a pin p
 in place of /sys/fs/bpf/ebpflb, and compares each output with the README's after masking what
 legitimately varies (numbers, column widths, the object's install path).
 
-README_CAPTURE=FILE writes every command's real output to FILE, to refresh the README."""
+README_CAPTURE=FILE writes every command's real output to FILE, to refresh the README. The checks
+of the text alone, which run nothing, are tests/unit/test_readme_text.py."""
 
 from __future__ import annotations
 
@@ -16,49 +17,21 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from ..netns import REPO, NetNS
+from ..unit.test_readme_text import README, Example, console_examples
 
 pytestmark = pytest.mark.kernel
 
-README = REPO / "README.md"
 DEFAULT_PIN = re.compile(r"/sys/fs/bpf/ebpflb(?![-\w])")
 # commands this test runs; others (make, pip, mount, run, trace) are shown but not run here
 RUN_PREFIXES = ("ebpflb load", "ebpflb status", "ebpflb gateways", "ebpflb weights", "ebpflb object-path",
                 "ebpflb unload", "python3 -c", "printf ", "xdp-loader ", "rm -r /sys/fs/bpf/")
-MUST_BE_SHOWN = ("ebpflb load eth0", "ebpflb status", "ebpflb status --json", "ebpflb gateways",
-                 "ebpflb gateways --json", "ebpflb gateways add", "ebpflb weights set", "ebpflb object-path",
-                 "ebpflb unload", "python3 -c 'import socket,struct", "printf '\\x00\\x00\\x00", "UDP6:[::1]:3000",
-                 "xdp-loader load -m skb -p", "xdp-loader unload -a lo")
 LIBXDP_DIR = "/sys/fs/bpf/xdp"
 XDP_LOADER_LOCK = "/run/xdp-loader.lck"
-
-
-@dataclass
-class Example:
-    command: str
-    line: int  # in README.md, for failure messages
-    expected: list[str] = field(default_factory=list)
-
-
-def console_examples(text: str) -> list[Example]:
-    examples: list[Example] = []
-    in_block = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("```"):
-            in_block = line.strip() == "```console" if not in_block else False
-            continue
-        if not in_block:
-            continue
-        if line.startswith("$ "):
-            examples.append(Example(line[2:].removeprefix("sudo "), number))
-        elif examples:
-            examples[-1].expected.append(line)
-    return examples
 
 
 def runnable(example: Example) -> bool:
@@ -92,18 +65,6 @@ def host_like_netns(netns: NetNS) -> NetNS:
     netns.ip("link", "set", "eth0", "up")
     netns.ip("link", "set", "eth0-peer", "up")
     return netns
-
-
-def test_readme_shows_the_important_commands() -> None:
-    commands = [e.command for e in console_examples(README.read_text())]
-    for wanted in MUST_BE_SHOWN:
-        assert any(c.startswith(wanted) or wanted in c for c in commands), f"README shows no `{wanted}` example"
-
-
-def test_readme_names_the_python_that_pyproject_requires() -> None:
-    required = re.search(r'requires-python = ">=(\d+\.\d+)"', (REPO / "pyproject.toml").read_text())
-    assert required, "pyproject.toml names no requires-python"
-    assert set(re.findall(r"Python (\d+\.\d+)\+", README.read_text())) == {required.group(1)}
 
 
 def test_readme_commands_work_as_shown(host_like_netns: NetNS, pin_path: str) -> None:

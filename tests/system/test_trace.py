@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from ebpflb.cli.trace_events import TRACE_DIRS, parse_line
+from ebpflb.cli.trace_events import TRACE_DIRS
 
 from ..netns import NetNS
 from ..traffic import LOOPBACK, REG_PORT, Gateway, cli_ok, wait_until
@@ -170,19 +170,3 @@ def test_trace_without_t_gives_the_hint(netns: NetNS, pin_path: str) -> None:
     out, err = finish(proc)
     assert f"no events yet: the instance at {pin_path} was loaded without -t" in " ".join(err.split())
     assert out.splitlines()[1:] == []
-
-
-def test_parse_line_of_the_trace_pipe() -> None:
-    line = (
-        "          <idle>-0       [001] ..s2.  4242.123456: bpf_trace_printk: "
-        "ebpflb: reject port=40000 weight=70000 reason=weight"
-    )
-    event = parse_line(line, wall_offset=1000.0)
-    assert event is not None
-    assert (event.event, event.port, event.weight, event.slot, event.reason) == ("reject", 40000, 70000, None, "weight")
-    assert (event.kernel_s, event.wall) == (4242.123456, 5242.123456)
-    short = parse_line(
-        "  python3-77  [000] b..1.  5.000001: bpf_trace_printk: ebpflb: reject port=9 weight=0 reason=short"
-    )
-    assert short is not None and (short.weight, short.reason_text) == (None, "payload under 4 bytes")
-    assert parse_line("  python3-77  [000] .....  1.000000: bpf_trace_printk: other: add port=1") is None
