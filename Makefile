@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OBJ := ebpflb/bpf/ebpflb.bpf.o
-BPF_SRCS := $(wildcard kernel/*.c kernel/*.h) vmlinux.h
+BPF_SRCS := $(wildcard kernel/*.c kernel/*.h kernel/packet/*.h) vmlinux.h
 # Paths are made relative so the object is byte-identical wherever it is built.
 BPF_CFLAGS := -g -O2 -Wall -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
 	-fdebug-prefix-map=$(CURDIR)=. -I. -Ikernel

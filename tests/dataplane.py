@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ebpflb.bpf import libbpf
-from ebpflb.bpf.layout import SCHED_BUFFERS, CpuData, CtlOp, GlobalCounters, LbConfig, LbState, RejectReason, Schedule
+from ebpflb.bpf.layout import (
+    SCHED_BUFFERS,
+    CpuData,
+    CtlOp,
+    GlobalCounters,
+    LbConfig,
+    LbState,
+    PortIndex,
+    RejectReason,
+    Schedule,
+)
 from ebpflb.bpf.libbpf import XdpMd
 from ebpflb.bpf.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 from ebpflb.dataplane import Instance
@@ -73,6 +83,7 @@ class Dataplane:
         per_cpu = (ctypes.sizeof(CpuData) + 7) & ~7
         zeroed: list[tuple[str, int, ctypes.Array | ctypes.Structure]] = [
             ("lb_state", 0, LbState()),
+            ("lb_port_index", 0, PortIndex()),
             *(("lb_schedules", key, Schedule()) for key in range(SCHED_BUFFERS)),
             ("lb_scratch", 0, (ctypes.c_char * self.obj.value_size("lb_scratch"))()),
             ("lb_percpu", 0, (ctypes.c_char * (per_cpu * libbpf.num_possible_cpus()))()),

@@ -21,7 +21,6 @@ from ebpflb.cli.common import (
     UsageError,
     app,
     check_options,
-    instance_at,
     out,
     parse_port_range,
     run,
@@ -30,7 +29,7 @@ from ebpflb.cli.common import (
 from ebpflb.cli.foreground import run_foreground
 from ebpflb.cli.run_lock import refuse_if_owned, remove_stale_lock
 from ebpflb.dataplane import Instance, config_for, default_pin_path
-from ebpflb.dataplane.host import require_lasting_bpffs
+from ebpflb.dataplane.host import require_bpffs, require_lasting_bpffs
 from ebpflb.errors import EbpflbError
 
 DEFAULT_GATEWAY_PORTS = "{}-{}".format(*defaults.GATEWAY_PORTS)
@@ -114,7 +113,8 @@ def unload(pin_path: PinPath = None) -> None:
 
     def act() -> None:
         refuse_if_owned(pin_path)
-        detached = instance_at(pin_path).unload()
+        require_bpffs(pin_path)
+        detached = Instance(pin_path).unload()  # checks the namespace itself, and removes pins of any version
         remove_stale_lock(pin_path)  # left by a `run` killed with kill -9
         where = ", ".join(a.ifname for a in detached) or "no interface"
         out.print(f"ebpflb unloaded from {where}; removed {pin_path}")

@@ -4,6 +4,7 @@ there is there, reachable by every command, and `unload` leaves nothing."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from ebpflb.bpf import libbpf
+from ebpflb.bpf.layout import ABI_VERSION, LbState
 
 from ..netns import REPO, NetNS
 from ..traffic import cli_ok
@@ -143,3 +145,45 @@ def test_ip_netns_exec_fails_before_attaching(netns: NetNS, pin_path: str, mount
     assert len(lines) == 1 and "nsenter --net=/run/netns/" in lines[0], result.stderr
     assert xdp_ids(netns) == []
     assert not os.path.exists(pin_path)
+
+
+BPF_F_LOCK = 4
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+def test_pins_of_another_abi_version_are_refused_and_unload_removes_them(netns: NetNS, pin_path: str) -> None:
+    cli_ok(netns, "load", "lo", "--pin-path", pin_path)
+    fd = libbpf.obj_get(os.path.join(pin_path, "lb_state"))
+    try:  # as a future ebpflb with the same sizes would have stamped it
+        state = LbState()
+        libbpf.map_lookup(fd, 0, state)
+        assert state.abi_version == ABI_VERSION
+        state.abi_version = 99
+        key = ctypes.c_uint32(0)
+        libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(state), BPF_F_LOCK), "x")
+    finally:
+        os.close(fd)
+    for command in (["status"], ["gateways"], ["gateways", "add", "7001", "--weight", "1"], ["load", "lo"]):
+        line = one_error_line(netns.ebpflb(*command, "--pin-path", pin_path))
+        assert "made by another version of ebpflb (pinned layout version 99" in line, (command, line)
+    cli_ok(netns, "unload", "--pin-path", pin_path)
+    assert_nothing_left(netns, pin_path)
+
+
+def test_a_state_map_of_another_size_is_refused_without_reading_it(netns: NetNS, pin_path: str) -> None:
+    os.makedirs(pin_path)
+    subprocess.run(
+        ["bpftool", "map", "create", f"{pin_path}/lb_state", "type", "array", "key", "4", "value", "8",
+         "entries", "1", "name", "lb_state"],
+        check=True,
+    )  # fmt: skip
+    line = one_error_line(netns.ebpflb("status", "--pin-path", pin_path))
+    assert "made by another version of ebpflb (a state of 8 bytes" in line, line
+    cli_ok(netns, "unload", "--pin-path", pin_path)
+    assert_nothing_left(netns, pin_path)

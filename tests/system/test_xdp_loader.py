@@ -133,7 +133,7 @@ def age_gateways(state_pin: str, ages_s: dict[int, float]) -> None:
         libbpf.map_lookup(fd, 0, state)
         now = time.monotonic_ns()  # CLOCK_MONOTONIC, the clock of bpf_ktime_get_coarse_ns
         for port, age_s in ages_s.items():
-            slot = state.slot_of_port[port] - 1
+            slot = next((i for i, g in enumerate(state.gw) if g.port == port), -1)
             assert slot >= 0, f"no gateway on port {port} to age"
             state.gw[slot].last_seen_ns = now - int(age_s * 1e9)
         state.next_expiry_ns = min(

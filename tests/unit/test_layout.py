@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ebpflb.bpf import defaults as compiled
 from ebpflb.bpf import layout
 from ebpflb.bpf.libbpf import BpfObject
 from ebpflb.bpf.object_file import CONFIG_SECTION, PINNED_MAPS, object_path
@@ -122,6 +123,10 @@ def test_config_section_layout() -> None:
     defaults = layout.LbConfig.from_buffer_copy(section)
     assert (defaults.service_port, defaults.reg_port, defaults.expiry_ns) == (2152, 3000, 30 * 10**9)
     assert (defaults.gw_port_min, defaults.gw_port_max) == (1024, 65535)
+    # the one Python definition of each default is what the object was compiled with
+    assert (defaults.service_port, defaults.reg_port) == (compiled.SERVICE_PORT, compiled.REG_PORT)
+    assert defaults.expiry_ns == int(compiled.EXPIRY_S * 1e9)
+    assert (defaults.gw_port_min, defaults.gw_port_max) == compiled.GATEWAY_PORTS
     assert (defaults.trace, defaults.userspace_reg, defaults.drop_without_gateway) == (0, 0, 0)
     assert (defaults.balance_forwarded, bytes(defaults.pad)) == (0, bytes(4))
 
@@ -185,6 +190,8 @@ def test_constants_match_the_header() -> None:
     assert defines["SCHED_BUFFERS"] == layout.SCHED_BUFFERS
     assert defines["MAX_WEIGHT"] == layout.MAX_WEIGHT
     assert defines["REG_PAYLOAD_MIN"] == layout.REG_PAYLOAD_MIN
+    assert defines["EBPFLB_ABI_VERSION"] == layout.ABI_VERSION
+    assert layout.LbState.abi_version.offset == 0  # read first, whatever the rest of the layout
     # the object was built with them: the arrays they size have those lengths
     assert layout.LbState.gw.size == layout.MAX_GATEWAYS * ctypes.sizeof(layout.Gateway)
     assert layout.Schedule.entry.size == layout.SCHED_SIZE * ctypes.sizeof(ctypes.c_uint32)
