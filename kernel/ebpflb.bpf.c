@@ -15,6 +15,7 @@
 #include "socket_lookup.bpf.h"
 #include "scheduler.bpf.h"
 #include "registry.bpf.h"
+#include "expiry.bpf.h"
 
 /* A registration datagram: consumed here unless user space (-u) handles them and its
  * socket is still there. */

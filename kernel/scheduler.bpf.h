@@ -15,7 +15,10 @@
  * buffer readers do not use; packets keep the published schedule until the new one is
  * complete. At most one build starts per jiffy, so changes at any rate cost bounded CPU and
  * every CPU switches schedules at most once per jiffy. Each CPU keeps its cursor across
- * publications: a change never restarts the cycle. */
+ * publications: a change never restarts the cycle.
+ *
+ * Over 300 lines because the builder and the reader share one set of invariants (windows,
+ * buffers, publication order) that a reader must check against each other in one place. */
 #ifndef SCHEDULER_BPF_H
 #define SCHEDULER_BPF_H
 

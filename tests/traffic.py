@@ -2,7 +2,10 @@
 senders of numbered datagrams, UDP checksums, and waits with deadlines.
 
 Run as `python -m tests.traffic stream ...` it is a sender process that streams datagrams at a
-steady rate and prints how many it sent (used while the main test thread churns gateways)."""
+steady rate and prints how many it sent (used while the main test thread churns gateways).
+
+Over 300 lines: the one toolbox of real-socket helpers (gateways, senders, checksums,
+capture) that every system test shares; one place, not copies."""
 
 from __future__ import annotations
 

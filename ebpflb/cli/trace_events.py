@@ -34,6 +34,7 @@ REASONS = {
     "short": "payload under 4 bytes",
     "owner": "registered from another address",
     "port": "port outside --gateway-ports",
+    "request": "bad request (port 0)",
 }
 
 

@@ -1,5 +1,8 @@
 """Bad input to the real CLI: exactly one line on stderr, no traceback, a non-zero exit, and
-the running instance untouched (same `status --json`, `gateways --json`, XDP program)."""
+the running instance untouched (same `status --json`, `gateways --json`, XDP program).
+
+Over 300 lines because the table of bad inputs is the test: each case with its one expected
+line, checked against the untouched instance."""
 
 from __future__ import annotations
 
@@ -259,7 +262,7 @@ def test_stale_pinned_map_is_refused_clearly(netns: NetNS, pin_path: str) -> Non
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip("\n").splitlines()
     assert len(lines) == 1, result.stderr
-    assert "belong to another version of ebpflb" in lines[0] and "unload" in lines[0]
+    assert "made by another version of ebpflb" in lines[0] and "unload" in lines[0]
     assert sorted(os.listdir(pin_path)) == ["lb_state"]
     assert xdp_prog_id(netns) is None
     for command in (["status", "--json"], ["gateways", "--json"]):

@@ -1,5 +1,7 @@
 """System tests of `ebpflb run` (and its alias `ebpflb_udp_wrr`): a real foreground process in a
-namespace, its output read from a pipe (not a terminal: plain lines), stopped by real signals."""
+namespace, its output read from a pipe (not a terminal: plain lines), stopped by real signals.
+
+Over 300 lines: the RunProcess harness and the run-mode scenarios that use it."""
 
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def expiry_check(sender: Sender, gws: list[Gateway], state_pin: str) -> None:
 
 def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: str) -> None:
     with loaded_by_xdp_loader(netns, pin_dir):
-        assert sorted(os.listdir(pin_dir)) == ["lb_percpu", "lb_schedules", "lb_state"]
+        assert sorted(os.listdir(pin_dir)) == ["lb_percpu", "lb_port_index", "lb_schedules", "lb_state"]
         assert gateways_json(netns, pin_dir) == {}
         with netns.entered(), gateways(3) as gws, Sender(4, LOOPBACK[4]) as sender:
             register(gws, [1, 2, 3])
