@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -62,6 +63,15 @@ class EbpflbUnderTest:
         if len(ports) > MAX_GATEWAYS:
             raise RuntimeError(f"ebpflb holds {MAX_GATEWAYS} gateways, the benchmark asked for {len(ports)}")
         for port, weight in zip(ports, weights):
+            self.instance.control(CtlOp.ADD_STATIC, port, weight)
+
+    def add_static_owned_by_loopback(self, ports: Sequence[int], weights: Sequence[int]) -> None:
+        """Registered from 127.0.0.1, so registration datagrams from there (the benchmark's
+        frames) may change them, then made static, so none expires during the run."""
+        loopback = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")  # network byte order in memory
+        for port, weight in zip(ports, weights):
+            addr = (ctypes.c_uint32 * 4)(loopback, 0, 0, 0)
+            self.instance.control(CtlOp.REGISTER, port, weight, family=4, ifindex=1, addr=addr, payload_len=4)
             self.instance.control(CtlOp.ADD_STATIC, port, weight)
 
     def counters(self) -> Counters:

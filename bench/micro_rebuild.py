@@ -87,7 +87,7 @@ def measure_rebuild(count: int, case: WeightCase, changes: int) -> RebuildResult
     )
     with ebpflb_under_test(SERVICE_PORT, REG_PORT) as lb:
         ports = [FIRST_GATEWAY_PORT + i for i in range(count)]
-        lb.add_static(ports, case.weights(count, first))
+        lb.add_static_owned_by_loopback(ports, case.weights(count, first))
         port = ports[-1]
         frames = {w: registration_frame(port, REG_PORT, w) for w in case.alternate}
         service = udp4_frame(40000, SERVICE_PORT, bytes(18))
