@@ -19,6 +19,18 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BPFFS = "/sys/fs/bpf"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/kernel and tests/system must carry the `kernel` mark (so CI never
+    passes by skipping them); tests under tests/unit must not (they run without root)."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        marked = item.get_closest_marker("kernel") is not None
+        if folder in ("kernel", "system") and not marked:
+            raise pytest.UsageError(f"{item.nodeid}: a test in tests/{folder} needs `pytestmark = pytest.mark.kernel`")
+        if folder == "unit" and marked:
+            raise pytest.UsageError(f"{item.nodeid}: tests/unit is for tests without root or kernel")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
