@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import socket
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -16,7 +16,9 @@ from ebpflb.bpf import libbpf
 from ebpflb.bpf.layout import MAX_GATEWAYS, SCHED_BUFFERS, CtlOp, GlobalCounters, LbState, Schedule
 from ebpflb.bpf.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 from ebpflb.dataplane import Instance, config_for
+from ebpflb.dataplane.control import control_fd
 from ebpflb.dataplane.host import require_bpffs
+from ebpflb.dataplane.userspace_registrations import Registration, apply
 
 BPFFS = "/sys/fs/bpf"
 # gateways registered here are static, and the clock check finds nothing to expire for a year
@@ -68,10 +70,10 @@ class EbpflbUnderTest:
     def add_static_owned_by_loopback(self, ports: Sequence[int], weights: Sequence[int]) -> None:
         """Registered from 127.0.0.1, so registration datagrams from there (the benchmark's
         frames) may change them, then made static, so none expires during the run."""
-        loopback = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")  # network byte order in memory
         for port, weight in zip(ports, weights):
-            addr = (ctypes.c_uint32 * 4)(loopback, 0, 0, 0)
-            self.instance.control(CtlOp.REGISTER, port, weight, family=4, ifindex=1, addr=addr, payload_len=4)
+            with control_fd(self.instance.pin_path) as fd:  # as `run -u` hands a received registration on
+                if apply(fd, Registration(4, "127.0.0.1", port, 1, struct.pack("!I", weight))) is not None:
+                    raise RuntimeError(f"the registration of gateway {port} was refused")
             self.instance.control(CtlOp.ADD_STATIC, port, weight)
 
     def counters(self) -> Counters:

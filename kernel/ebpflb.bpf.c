@@ -22,6 +22,7 @@
 static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_view *v,
 					       struct hdr_cursor *c)
 {
+	struct cpu_data *cpu = this_cpu_data();
 	__u16 port = bpf_ntohs(v->udp->source);
 	__u32 udp_len, reason;
 	__be32 *weight;
@@ -29,8 +30,8 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	if (lb_config.userspace_reg) {
 		if (udp_socket_bound(ctx, v))
 			return XDP_PASS;
-		if (this_cpu_data())
-			this_cpu_data()->global.reg_in_kernel++;
+		if (cpu)
+			cpu->global.reg_in_kernel++;
 	}
 	udp_len = bpf_ntohs(v->udp->len);
 	weight = c->pos;
@@ -49,11 +50,11 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 			.now = bpf_ktime_get_coarse_ns(),
 		};
 
-		source_addr_16(v, r.owner);
+		packet_addr_16(v, ADDR_SOURCE, r.owner);
 		registry_update(&r);
 		return XDP_DROP;
 	}
-	reject(this_cpu_data(), port, 0, reason);
+	reject(cpu, port, 0, reason);
 	return XDP_DROP;
 }
 

@@ -51,10 +51,7 @@ static __always_inline int to_local_address(struct xdp_md *ctx, const struct udp
 
 	if (ctx->ingress_ifindex == 1)
 		return 1;	/* lo carries only the host's own traffic */
-	if (v->ipv6)
-		addr_to_16(1, (const __u32 *)&((struct ipv6hdr *)v->l3)->daddr, dst);
-	else
-		addr_to_16(0, &((struct iphdr *)v->l3)->daddr, dst);
+	packet_addr_16(v, ADDR_DEST, dst);
 	jiffies = bpf_jiffies64();
 	if (c->jiffies == jiffies && c->addr[0] == dst[0] && c->addr[1] == dst[1] &&
 	    c->addr[2] == dst[2] && c->addr[3] == dst[3])

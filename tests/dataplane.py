@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import socket
+import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -31,6 +31,8 @@ from ebpflb.bpf.layout import (
 from ebpflb.bpf.libbpf import XdpMd
 from ebpflb.bpf.object_file import CONFIG_SECTION, CONTROL_PROGRAM, XDP_PROGRAM, object_path
 from ebpflb.dataplane import Instance
+from ebpflb.dataplane.control import control_fd
+from ebpflb.dataplane.userspace_registrations import Registration, apply
 
 from .netns import NetNS
 
@@ -162,8 +164,7 @@ def on_one_cpu(cpu: Optional[int] = None) -> Iterator[int]:
 def add_static_owned_by_loopback(instance: Instance, port: int, weight: int) -> None:
     """A gateway registered from 127.0.0.1 (its owner) and then made static: it never expires,
     and registration datagrams from 127.0.0.1 may still re-weight or remove it."""
-    loopback = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")  # network byte order in memory
-    addr = (ctypes.c_uint32 * 4)(loopback, 0, 0, 0)
-    instance.control(CtlOp.REGISTER, port=port, weight=weight, family=4, ifindex=1, addr=addr, payload_len=4)
+    with control_fd(instance.pin_path) as fd:  # as `run -u` hands a received registration on
+        assert apply(fd, Registration(4, "127.0.0.1", port, 1, struct.pack("!I", weight))) is None
     instance.control(CtlOp.ADD_STATIC, port=port, weight=weight)
 

@@ -17,7 +17,7 @@ except ImportError:
     from click.exceptions import UsageError  # type: ignore[no-redef]
 from rich.console import Console
 
-from ebpflb.bpf.layout import MAX_WEIGHT
+from ebpflb.bpf.layout import MAX_WEIGHT, LbConfig
 from ebpflb.dataplane import DEFAULT_PIN_PATH, Instance, config_for
 from ebpflb.dataplane.host import require_bpffs
 from ebpflb.errors import EbpflbError
@@ -121,13 +121,24 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return low, int(match.group(2) or low)
 
 
-def check_options(mode: str, port: int, reg_port: int, expiry: float, gateway_ports: str) -> None:
-    """Values `load` and `run` cannot take are usage errors (exit 2), found before anything is touched."""
+def checked_config(
+    mode: str,
+    port: int,
+    reg_port: int,
+    expiry: float,
+    trace: bool,
+    userspace: bool,
+    drop_without_gateway: bool,
+    gateway_ports: str,
+    balance_forwarded: bool,
+) -> LbConfig:
+    """The configuration `load` and `run` are asked for. Values they cannot take are usage
+    errors (exit 2), found before anything is touched."""
     if mode not in ("auto", "native", "skb"):
         raise UsageError(f"--mode must be auto, native or skb, not {mode!r}")
-    try:
-        # its checks are all of the command line
-        config_for(port, reg_port, expiry, False, False, False, parse_port_range(gateway_ports))
+    try:  # its checks are all of the command line
+        ports = parse_port_range(gateway_ports)
+        return config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
     except EbpflbError as e:
         raise UsageError(str(e)) from None
 

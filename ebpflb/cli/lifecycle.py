@@ -20,19 +20,25 @@ from ebpflb.cli.common import (
     TraceOpt,
     UsageError,
     app,
-    check_options,
+    checked_config,
     out,
-    parse_port_range,
     run,
     termination_as_interrupt,
 )
 from ebpflb.cli.foreground import run_foreground
 from ebpflb.cli.run_lock import refuse_if_owned, remove_stale_lock
-from ebpflb.dataplane import Instance, config_for, default_pin_path
+from ebpflb.dataplane import Instance, default_pin_path
 from ebpflb.dataplane.host import require_bpffs, require_lasting_bpffs
 from ebpflb.errors import EbpflbError
 
 DEFAULT_GATEWAY_PORTS = "{}-{}".format(*defaults.GATEWAY_PORTS)
+
+
+def refuse_if_unreachable_or_owned(pin_path: str, interfaces: list[str]) -> None:
+    """Before `load` or `run` attaches: pins that would vanish with this command (ip netns
+    exec), or a live `run` that owns the pin path or one of the interfaces."""
+    require_lasting_bpffs(pin_path)
+    refuse_if_owned(pin_path, interfaces)
 
 @app.command()
 def load(
@@ -54,13 +60,12 @@ def load(
     pin_path = pin_path or default_pin_path()
     if userspace:  # user-space registrations need a process to receive them
         raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
-    check_options(mode, port, reg_port, expiry, gateway_ports)
+    config = checked_config(
+        mode, port, reg_port, expiry, trace, False, drop_without_gateway, gateway_ports, balance_forwarded
+    )
 
     def act() -> None:
-        ports = parse_port_range(gateway_ports)
-        config = config_for(port, reg_port, expiry, trace, False, drop_without_gateway, ports, balance_forwarded)
-        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
-        refuse_if_owned(pin_path, interfaces)
+        refuse_if_unreachable_or_owned(pin_path, interfaces)
         instance = Instance(pin_path)
         try:
             with termination_as_interrupt():  # so that load detaches what it attached
@@ -94,13 +99,12 @@ def run_cmd(
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
     pin_path = pin_path or default_pin_path()
-    check_options(mode, port, reg_port, expiry, gateway_ports)
+    config = checked_config(
+        mode, port, reg_port, expiry, trace, userspace, drop_without_gateway, gateway_ports, balance_forwarded
+    )
 
     def act() -> None:
-        ports = parse_port_range(gateway_ports)
-        config = config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
-        require_lasting_bpffs(pin_path)  # not pins that vanish with this command (ip netns exec)
-        refuse_if_owned(pin_path, interfaces)
+        refuse_if_unreachable_or_owned(pin_path, interfaces)
         run_foreground(pin_path, interfaces, config, mode, out)
 
     run(act)

@@ -198,12 +198,21 @@ static __always_inline void addr_to_16(int ipv6, const __u32 *addr, __u32 out[4]
 	out[3] = addr[0];
 }
 
-static __always_inline void source_addr_16(const struct udp_view *v, __u32 out[4])
+#define ADDR_SOURCE	0
+#define ADDR_DEST	1
+
+/* The datagram's source or destination address as 16 bytes. */
+static __always_inline void packet_addr_16(const struct udp_view *v, int which, __u32 out[4])
 {
-	if (v->ipv6)
-		addr_to_16(1, (const __u32 *)&((struct ipv6hdr *)v->l3)->saddr, out);
-	else
-		addr_to_16(0, &((struct iphdr *)v->l3)->saddr, out);
+	if (v->ipv6) {
+		struct ipv6hdr *ip6 = v->l3;
+
+		addr_to_16(1, (const __u32 *)(which == ADDR_DEST ? &ip6->daddr : &ip6->saddr), out);
+	} else {
+		struct iphdr *ip = v->l3;
+
+		addr_to_16(0, which == ADDR_DEST ? &ip->daddr : &ip->saddr, out);
+	}
 }
 
 #endif /* PARSING_BPF_H */

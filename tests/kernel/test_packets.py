@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,7 +27,7 @@ from ebpflb import scheduler
 from ebpflb.bpf.layout import MAX_GATEWAYS, CtlOp
 
 from .. import packets as P
-from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu, shared
+from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, default_config, loaded, on_one_cpu
 from ..netns import NetNS
 
 pytestmark = pytest.mark.kernel
@@ -253,19 +253,6 @@ def describe_mismatch(case: Case, verdict: int, out: bytes) -> str:
             show("actual", out),
         ]
     )
-
-
-@pytest.fixture(scope="module")
-def module_dataplane(bpffs: str) -> Iterator[Dataplane]:
-    with shared(bpffs) as plane:
-        yield plane
-
-
-@pytest.fixture
-def dataplane(module_dataplane: Dataplane) -> Dataplane:
-    """The module's loaded object, reset to the state of a fresh load, in its own namespace."""
-    module_dataplane.reset()
-    return module_dataplane
 
 
 def test_reset_gives_the_state_of_a_fresh_load(dataplane: Dataplane) -> None:

@@ -22,7 +22,7 @@ from ebpflb import scheduler
 from ebpflb.bpf.layout import MAX_GATEWAYS, MAX_WEIGHT, SCHED_SIZE, CtlOp
 
 from .. import packets as P
-from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, on_one_cpu, shared
+from ..dataplane import XDP_DROP, XDP_PASS, Dataplane, add_static_owned_by_loopback, on_one_cpu
 from ..unit.test_scheduler_model import WINDOW, base_table, reweight, share_errors
 
 pytestmark = pytest.mark.kernel
@@ -34,19 +34,6 @@ SERVICE_V6 = P.udp6(P.SERVICE_PORT, b"scheduled")
 PORT_OFFSET_V4 = 14 + 20 + 2  # Ethernet, IPv4 without options, UDP source port
 PORT_OFFSET_V6 = 14 + 40 + 2
 FIRST_GATEWAY_PORT = 10000
-
-
-@pytest.fixture(scope="module")
-def module_dataplane(bpffs: str) -> Iterator[Dataplane]:
-    with shared(bpffs) as plane:
-        yield plane
-
-
-@pytest.fixture
-def dataplane(module_dataplane: Dataplane) -> Dataplane:
-    """The module's loaded object, reset to the state of a fresh load, in its own namespace."""
-    module_dataplane.reset()
-    return module_dataplane
 
 
 def send(dataplane: Dataplane, count: int, ipv6: bool = False) -> list[int]:
