@@ -15,8 +15,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_state SEC(".maps");
 
-/* Schedules, published round robin: a new one is written into a buffer that was last
- * published several jiffies ago, never into the one packets read. */
+/* Which slot holds each port (see struct port_index). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -25,6 +24,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_port_index SEC(".maps");
 
+/* Schedules, published round robin: a new one is written into a buffer that was last
+ * published several jiffies ago, never into the one packets read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SCHED_BUFFERS);
@@ -77,7 +78,7 @@ struct build_scratch {
 	__u32 pos;			/* next position to fill or copy */
 	__u32 buffer;			/* schedule buffer being written */
 	__u32 late_head;		/* item + 1 due after the last position, 0 if none */
-	__u32 pad;
+	__u32 deadline_earliest;	/* earliest deadline queued, while deadline_summary is not 0 */
 	__u64 deadline_summary;		/* bit w: deadline_bits[w] is not empty */
 	__u64 deadline_bits[DEADLINE_WORDS];	/* bit d: some gateway's next pick is due by d */
 	__u16 deadline_head[SCHED_SIZE];	/* item + 1 first due by that position, 0 if none */

@@ -22,9 +22,11 @@
 #ifndef SCHEDULER_BPF_H
 #define SCHEDULER_BPF_H
 
-#ifndef FILL_STEP
-#define FILL_STEP 128		/* positions one datagram fills: bounds its build work */
+#ifndef FILL_EVENTS
+#define FILL_EVENTS 128		/* releases and positions one datagram processes: bounds its build work */
 #endif
+#define SNAPSHOT_STEP 128	/* gateway slots one datagram copies */
+#define START_STEP 128		/* gateways one datagram gives a first deadline (two divisions each) */
 #define REPEAT_STEP 1024	/* positions one datagram copies */
 #define FALLBACK_PROBES 4	/* live-list entries tried when a schedule entry has left */
 
@@ -43,62 +45,100 @@ static __always_inline __u32 gcd32(__u32 a, __u32 b)
 	return a;
 }
 
-/* Index of the lowest set bit of a non-zero word: the ones below it, counted without
- * branches (a bit scan with branches mispredicts on every random deadline). */
+/* Index of the lowest set bit of a non-zero word, by a de Bruijn multiply: the isolated bit
+ * times the constant leaves a distinct pattern in the top 6 bits (BPF has no bit scan; this
+ * measured faster than counting the ones below the bit). */
+static const __u8 debruijn_bit[64] = {
+	0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4,
+	62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
+	63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
+	46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6,
+};
+
 static __always_inline __u32 lowest_bit(__u64 x)
 {
-	__u64 b = (x & -x) - 1;
-
-	b -= (b >> 1) & 0x5555555555555555ULL;
-	b = (b & 0x3333333333333333ULL) + ((b >> 2) & 0x3333333333333333ULL);
-	b = (b + (b >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
-	return (b * 0x0101010101010101ULL) >> 56;
+	return debruijn_bit[((x & -x) * 0x03f79d71b4cb0a89ULL) >> 58];
 }
 
 #define ITEM(i)	((i) & (MAX_GATEWAYS - 1))
 #define POS(p)	((p) & (SCHED_SIZE - 1))
 
+/* The deadline queue's top: its summary word, the earliest deadline queued (valid while the
+ * summary is not empty) and the late list head. A fill step keeps them in registers: each
+ * position updates them, and through memory that is a chain of store-to-load forwarding.
+ * Knowing the earliest deadline, a pop searches the bitmap only when a bucket empties. */
+struct queue_top {
+	__u64 summary;
+	__u32 earliest;
+	__u32 late;
+};
+
 /* Queues an item's next pick by its deadline; one due after the last position (its cycle's
  * last pick, or beyond a cut schedule) goes on the late list, taken only when nothing is due. */
-static __always_inline void deadline_push(struct build_scratch *s, __u32 i, struct build_item *it)
+static __always_inline void deadline_push(struct build_scratch *s, struct queue_top *q,
+					  __u32 i, struct build_item *it)
 {
 	__u32 due = it->due_q, word = (due >> 6) & (DEADLINE_WORDS - 1);
 
 	if (due >= s->cycle) {
-		it->next = s->late_head;
-		s->late_head = i + 1;
+		it->next = q->late;
+		q->late = i + 1;
 		return;
 	}
+	if (!q->summary || due < q->earliest)
+		q->earliest = due;
 	it->next = s->deadline_head[POS(due)];
 	s->deadline_head[POS(due)] = i + 1;
 	s->deadline_bits[word] |= 1ULL << (due & 63);
-	s->deadline_summary |= 1ULL << word;
+	q->summary |= 1ULL << word;
 }
 
 /* Takes the item whose next pick is due first; -1 if none (cannot happen: see the header). */
-static __always_inline int deadline_pop(struct build_scratch *s)
+static __always_inline int deadline_pop(struct build_scratch *s, struct queue_top *q)
 {
-	__u32 word, due, head;
+	__u32 word, due = POS(q->earliest), head;
+	__u64 bits;
 
-	if (!s->deadline_summary) {
-		head = s->late_head;
+	if (!q->summary) {
+		head = q->late;
 		if (!head)
 			return -1;
-		s->late_head = s->item[ITEM(head - 1)].next;
+		q->late = s->item[ITEM(head - 1)].next;
 		return head - 1;
 	}
-	word = lowest_bit(s->deadline_summary) & (DEADLINE_WORDS - 1);
-	due = word * 64 + lowest_bit(s->deadline_bits[word]);
-	head = s->deadline_head[POS(due)];
+	head = s->deadline_head[due];
 	if (!head)
 		return -1;
-	s->deadline_head[POS(due)] = s->item[ITEM(head - 1)].next;
-	if (!s->deadline_head[POS(due)]) {
-		s->deadline_bits[word] &= ~(1ULL << (due & 63));
-		if (!s->deadline_bits[word])
-			s->deadline_summary &= ~(1ULL << word);
+	s->deadline_head[due] = s->item[ITEM(head - 1)].next;
+	if (s->deadline_head[due])
+		return head - 1;
+	/* the bucket is empty: clear its bit, find the next earliest */
+	word = (due >> 6) & (DEADLINE_WORDS - 1);
+	bits = s->deadline_bits[word] & ~(1ULL << (due & 63));
+	s->deadline_bits[word] = bits;
+	if (!bits)
+		q->summary &= ~(1ULL << word);
+	if (q->summary) {
+		word = lowest_bit(q->summary) & (DEADLINE_WORDS - 1);
+		q->earliest = word * 64 + lowest_bit(s->deadline_bits[word]);
 	}
 	return head - 1;
+}
+
+static __always_inline struct queue_top queue_top_of(struct build_scratch *s)
+{
+	return (struct queue_top){
+		.summary = s->deadline_summary,
+		.earliest = s->deadline_earliest,
+		.late = s->late_head,
+	};
+}
+
+static __always_inline void queue_top_store(struct build_scratch *s, struct queue_top *q)
+{
+	s->deadline_summary = q->summary;
+	s->deadline_earliest = q->earliest;
+	s->late_head = q->late;
 }
 
 struct build_ctx {
@@ -117,7 +157,7 @@ static long snapshot_slots(__u64 i, struct build_ctx *c)
 	struct build_scratch *s = c->s;
 
 	for (int k = 0; k < SNAPSHOT_UNROLL; k++) {
-		__u32 slot = ITEM(i * SNAPSHOT_UNROLL + k), n = s->n;
+		__u32 slot = ITEM(s->pos + i * SNAPSHOT_UNROLL + k), n = s->n;
 		struct gateway *g = &c->st->gw[slot];
 		__u32 weight = READ_ONCE(g->weight);
 		__u16 port = READ_ONCE(g->port);
@@ -141,13 +181,17 @@ static long snapshot_slots(__u64 i, struct build_ctx *c)
 static long start_items(__u64 i, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
+	struct queue_top q = queue_top_of(s);
+	long finished = 0;
 
 	for (int k = 0; k < START_UNROLL; k++) {
-		__u32 done = i * START_UNROLL + k, index;
+		__u32 done = s->pos + i * START_UNROLL + k, index;
 		struct build_item *it;
 
-		if (done >= s->n)
-			return 1;
+		if (done >= s->n) {
+			finished = 1;
+			break;
+		}
 		index = ITEM(s->n - 1 - done);
 		it = &s->item[index];
 		if (s->total / s->gcd <= SCHED_SIZE)
@@ -157,27 +201,21 @@ static long start_items(__u64 i, struct build_ctx *c)
 		it->step_r = s->span % it->weight;
 		it->due_q = it->step_q;
 		it->due_r = it->step_r;
-		deadline_push(s, index, it);
+		deadline_push(s, &q, index, it);
 	}
-	return 0;
+	queue_top_store(s, &q);
+	return finished;
 }
 
-/* One position: release the picks that may start here, take the earliest due. */
-static __always_inline int fill_one(struct build_scratch *s, struct schedule *out, __u32 pos)
+/* Places the earliest-due pick at pos and queues that gateway's next pick. */
+static __always_inline int place(struct build_scratch *s, struct queue_top *q,
+				 struct schedule *out, __u32 pos)
 {
 	struct build_item *it;
 	__u32 index, release;
 	int popped;
-	for (int k = 0; k < MAX_GATEWAYS; k++) {
-		__u32 head = s->release_head[POS(pos)];
 
-		if (!head)
-			break;
-		it = &s->item[ITEM(head - 1)];
-		s->release_head[POS(pos)] = it->next;
-		deadline_push(s, head - 1, it);
-	}
-	popped = deadline_pop(s);
+	popped = deadline_pop(s, q);
 	if (popped < 0)
 		return -1;
 	index = ITEM(popped);
@@ -194,7 +232,7 @@ static __always_inline int fill_one(struct build_scratch *s, struct schedule *ou
 		it->due_q++;
 	}
 	if (release <= pos + 1) {
-		deadline_push(s, index, it);
+		deadline_push(s, q, index, it);
 	} else if (release < s->cycle) {
 		it->next = s->release_head[POS(release)];
 		s->release_head[POS(release)] = index + 1;
@@ -202,20 +240,44 @@ static __always_inline int fill_one(struct build_scratch *s, struct schedule *ou
 	return 0;
 }
 
-/* BUILD_FILL, one position a callback. */
-static long fill_position(__u64 unused, struct build_ctx *c)
+#define FILL_UNROLL 8	/* events per callback: the queue's top stays in registers between them */
+
+/* BUILD_FILL, FILL_UNROLL events: each releases one pick that may start at the current
+ * position or, when none is left to release, fills the position. A flat sequence of events
+ * (at most one release per pick) rather than a loop of releases inside a loop of positions:
+ * the verifier checks one body, and a step's work is bounded by its events. */
+static long fill_events(__u64 unused, struct build_ctx *c)
 {
 	struct build_scratch *s = c->s;
-	__u32 pos = s->pos;
+	struct queue_top q = queue_top_of(s);
+	__u32 pos = s->pos, cycle = s->cycle;
+	long stop = 0;
 
-	if (pos >= s->cycle)
-		return 1;
-	if (fill_one(s, c->out, pos) < 0) {
-		s->cycle = s->len = pos;	/* defensive: publish what is filled */
-		return 1;
+	for (int k = 0; k < FILL_UNROLL; k++) {
+		__u32 head;
+
+		if (pos >= cycle) {
+			stop = 1;
+			break;
+		}
+		head = s->release_head[POS(pos)];
+		if (head) {
+			struct build_item *it = &s->item[ITEM(head - 1)];
+
+			s->release_head[POS(pos)] = it->next;
+			deadline_push(s, &q, head - 1, it);
+			continue;
+		}
+		if (place(s, &q, c->out, pos) < 0) {
+			s->cycle = s->len = pos;	/* defensive: publish what is filled */
+			stop = 1;
+			break;
+		}
+		pos++;
 	}
-	s->pos = pos + 1;
-	return 0;
+	s->pos = pos;
+	queue_top_store(s, &q);
+	return stop;
 }
 
 #define REPEAT_UNROLL 64	/* entries copied per callback */
@@ -238,10 +300,21 @@ static long repeat_positions(__u64 unused, struct build_ctx *c)
 
 /* After a cut schedule is filled, gateways still queued are taken off, so every list is
  * empty for the next build without clearing 16 KiB of list heads (cache-cold, that costs
- * more than the rest of a step). A whole cycle leaves nothing queued. */
+ * more than the rest of a step). Every pick due within the cut was placed, so what is left
+ * waits on the late list, which one store empties; the deadline lists are drained only in
+ * case. A whole cycle leaves nothing queued. */
 static long drain_leftover(__u64 i, struct build_ctx *c)
 {
-	return deadline_pop(c->s) < 0;
+	struct queue_top q = queue_top_of(c->s);
+	int popped;
+
+	if (!q.summary) {
+		c->s->late_head = 0;
+		return 1;
+	}
+	popped = deadline_pop(c->s, &q);
+	queue_top_store(c->s, &q);
+	return popped < 0;
 }
 
 /* Publishes the finished schedule. The exchange is fully ordered: every entry and header
@@ -282,11 +355,15 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		s->n = 0;
 		s->total = 0;
 		s->gcd = 0;
+		s->pos = 0;
 		s->buffer = ((st->published & (SCHED_BUFFERS - 1)) + 1) & (SCHED_BUFFERS - 1);
 		s->phase = BUILD_SNAPSHOT;
 		return 0;
 	case BUILD_SNAPSHOT:
-		bpf_loop(MAX_GATEWAYS / SNAPSHOT_UNROLL, snapshot_slots, &c, 0);
+		bpf_loop(SNAPSHOT_STEP / SNAPSHOT_UNROLL, snapshot_slots, &c, 0);
+		s->pos += SNAPSHOT_STEP;
+		if (s->pos < MAX_GATEWAYS)
+			return 0;
 		if (s->n && s->total / s->gcd <= SCHED_SIZE) {
 			s->cycle = s->total / s->gcd;
 			s->span = s->cycle;
@@ -301,7 +378,11 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		s->phase = BUILD_START;
 		return 0;
 	case BUILD_START:
-		bpf_loop((s->n + START_UNROLL - 1) / START_UNROLL, start_items, &c, 0);
+		bpf_loop(START_STEP / START_UNROLL, start_items, &c, 0);
+		s->pos += START_STEP;
+		if (s->pos < s->n)
+			return 0;
+		s->pos = 0;
 		s->phase = BUILD_FILL;
 		return 0;
 	case BUILD_FILL:
@@ -318,7 +399,7 @@ static __always_inline int build_step(struct lb_state *st, struct build_scratch 
 		return 1;
 	}
 	if (s->phase == BUILD_FILL) {
-		bpf_loop(FILL_STEP, fill_position, &c, 0);
+		bpf_loop(FILL_EVENTS / FILL_UNROLL, fill_events, &c, 0);
 		if (s->pos < s->cycle)
 			return 0;
 		bpf_loop(MAX_GATEWAYS + 1, drain_leftover, &c, 0);
