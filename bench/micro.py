@@ -115,9 +115,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         objects = BenchObjects(build_objects(Path(build_dir)), service_frame, SERVICE_PORT)
         try:
             groups = run_service_benchmarks(objects, service_frame, other_frame, args.rounds, round_s, progress)
+            rebuilds = run_rebuild_benchmarks(args.changes, service_frame, objects.replay, cpu, progress)
         finally:
             objects.close()
-    rebuilds = run_rebuild_benchmarks(args.changes, progress)
 
     service, service_verdict = service_table(groups, args.rounds)
     rejected, rejected_verdict = rejected_table(groups)

@@ -112,3 +112,24 @@ def cpu_report(pinned: int, before: dict[int, tuple[int, int, int]]) -> str:
 
     others = ", ".join(f"CPU {cpu} {share(cpu, 0):.0%}" for cpu in sorted(now) if cpu != pinned and cpu in before)
     return f"steal time on CPU {pinned}: {share(pinned, 1):.1%}; busy during the run: {others or 'no other CPU'}"
+
+
+class InterruptCount:
+    """Interrupts taken so far by one CPU (/proc/interrupts, its column summed): read before and
+    after a timed run, a difference says the run shared its time with an interrupt handler."""
+
+    def __init__(self, cpu: int) -> None:
+        self._fd = os.open("/proc/interrupts", os.O_RDONLY)
+        header = os.pread(self._fd, 1 << 20, 0).decode().splitlines()[0].split()
+        self._column = header.index(f"CPU{cpu}") + 1  # each row starts with its name
+
+    def read(self) -> int:
+        total = 0
+        for line in os.pread(self._fd, 1 << 20, 0).decode().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > self._column and fields[self._column].isdigit():
+                total += int(fields[self._column])
+        return total
+
+    def close(self) -> None:
+        os.close(self._fd)
