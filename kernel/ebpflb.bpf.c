@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /* ebpflb: spreads UDP datagrams for the service port over registered local gateways.
- * Entry points: the XDP program (first in the object, so xdp-loader picks it) and a
- * control program that user space runs with BPF_PROG_TEST_RUN. */
+ * Entry points: the XDP program (first in the object, so xdp-loader picks it), the tc
+ * egress program that gives replies the service port, and a control program that user
+ * space runs with BPF_PROG_TEST_RUN. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -16,6 +17,7 @@
 #include "scheduler.bpf.h"
 #include "registry.bpf.h"
 #include "expiry.bpf.h"
+#include "reply_nat.bpf.h"
 
 /* A registration datagram: consumed here unless user space (-u) handles them and its
  * socket is still there. */
@@ -130,6 +132,12 @@ int ebpflb_xdp(struct xdp_md *ctx)
 	if (dport == lb_config.reg_port)
 		return handle_registration(ctx, &v, &c);
 	return XDP_PASS;
+}
+
+SEC("tc")
+int ebpflb_reply_nat(struct __sk_buff *skb)
+{
+	return reply_nat(skb);
 }
 
 /* Control operations from user space. Returns 0 or REJECTED(reason). */

@@ -16,7 +16,7 @@
 /* Version of the pinned layout below, recorded in lb_state by the program that created the
  * pins: user space refuses pins of another version instead of misreading them. Bump it with
  * any change of a pinned struct. */
-#define EBPFLB_ABI_VERSION 2
+#define EBPFLB_ABI_VERSION 3
 
 /* Why a registration was refused; each reason has its own counter. */
 enum reject_reason {
@@ -73,7 +73,8 @@ struct lb_config {
 	__u8 userspace_reg;
 	__u8 drop_without_gateway;
 	__u8 balance_forwarded;	/* also balance datagrams this host forwards (off: only local ones) */
-	__u8 pad[4];
+	__u8 reply_nat;		/* tc egress gives gateways' datagrams the service port as source */
+	__u8 pad[3];
 	__u64 expiry_ns;
 };
 
@@ -133,6 +134,7 @@ struct global_counters {
 	__u64 stale_picks;		/* service datagrams whose schedule entry had left: sent by the live list */
 	__u64 forwarded;		/* service-port datagrams not for this host, passed unchanged */
 	__u64 reg_in_kernel;		/* -u, but no process listened: registrations taken by the kernel */
+	__u64 replies_nat;		/* datagrams from a gateway's port given the service port (tc egress) */
 };
 
 struct gateway_counters {

@@ -13,7 +13,7 @@ SCHED_SIZE = 4096
 SCHED_BUFFERS = 4
 MAX_WEIGHT = 65535
 REG_PAYLOAD_MIN = 4
-ABI_VERSION = 2  # EBPFLB_ABI_VERSION: the pinned layout's version
+ABI_VERSION = 3  # EBPFLB_ABI_VERSION: the pinned layout's version
 
 
 class RejectReason(enum.IntEnum):
@@ -77,7 +77,8 @@ class LbConfig(ctypes.Structure):
         ("userspace_reg", u8),
         ("drop_without_gateway", u8),
         ("balance_forwarded", u8),
-        ("pad", u8 * 4),
+        ("reply_nat", u8),
+        ("pad", u8 * 3),
         ("expiry_ns", u64),
     ]
 
@@ -142,6 +143,7 @@ class GlobalCounters(ctypes.Structure):
         ("stale_picks", u64),
         ("forwarded", u64),
         ("reg_in_kernel", u64),
+        ("replies_nat", u64),
     ]
 
 

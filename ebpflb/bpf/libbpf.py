@@ -102,6 +102,9 @@ _SIGNATURES = {
     "bpf_xdp_attach": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
     "bpf_xdp_detach": (ctypes.c_int, [ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]),
     "bpf_xdp_query_id": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]),
+    "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]),
+    "bpf_link_update": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]),
+    "bpf_obj_pin": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
     "bpf_prog_test_run_opts": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)]),
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
     "libbpf_set_print": (ctypes.c_void_p, [ctypes.c_void_p]),
@@ -142,6 +145,9 @@ class LibBpf:
     bpf_xdp_attach: Callable[..., Any]
     bpf_xdp_detach: Callable[..., Any]
     bpf_xdp_query_id: Callable[..., Any]
+    bpf_link_create: Callable[..., Any]
+    bpf_link_update: Callable[..., Any]
+    bpf_obj_pin: Callable[..., Any]
     bpf_prog_test_run_opts: Callable[..., Any]
     libbpf_num_possible_cpus: Callable[..., Any]
     libbpf_set_print: Callable[..., Any]
@@ -326,6 +332,23 @@ def xdp_attach(ifindex: int, prog_fd: int, flags: int, old_prog_fd: Optional[int
 
 def xdp_detach(ifindex: int, flags: int) -> None:
     check(lib().bpf_xdp_detach(ifindex, flags, None), "detach XDP")
+
+
+BPF_TCX_EGRESS = 47  # enum bpf_attach_type (kernel 6.6 and later)
+
+
+def tcx_egress_link(ifindex: int, prog_fd: int) -> int:
+    """Attaches a tc program at the device's egress as a BPF link (no qdisc); returns the link fd."""
+    return check(lib().bpf_link_create(prog_fd, ifindex, BPF_TCX_EGRESS, None), "attach tc egress")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Atomically replaces the program of a link."""
+    check(lib().bpf_link_update(link_fd, prog_fd, None), "replace the program of a link")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    check(lib().bpf_obj_pin(fd, path.encode()), f"pin {path}")
 
 
 def xdp_query_id(ifindex: int, flags: int) -> int:

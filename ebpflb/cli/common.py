@@ -61,6 +61,12 @@ BalanceForwarded = Annotated[
         "--balance-forwarded", help="Also balance service datagrams this host forwards (default: only its own)."
     ),
 ]
+NoReplyNat = Annotated[
+    bool,
+    typer.Option(
+        "--no-reply-nat", help="Leave replies from gateways' ports as they are (default: source port = service port)."
+    ),
+]
 GatewayPorts = Annotated[
     str,
     typer.Option(
@@ -131,6 +137,7 @@ def checked_config(
     drop_without_gateway: bool,
     gateway_ports: str,
     balance_forwarded: bool,
+    no_reply_nat: bool = False,
 ) -> LbConfig:
     """The configuration `load` and `run` are asked for. Values they cannot take are usage
     errors (exit 2), found before anything is touched."""
@@ -138,7 +145,17 @@ def checked_config(
         raise UsageError(f"--mode must be auto, native or skb, not {mode!r}")
     try:  # its checks are all of the command line
         ports = parse_port_range(gateway_ports)
-        return config_for(port, reg_port, expiry, trace, userspace, drop_without_gateway, ports, balance_forwarded)
+        return config_for(
+            port,
+            reg_port,
+            expiry,
+            trace,
+            userspace,
+            drop_without_gateway,
+            ports,
+            balance_forwarded,
+            reply_nat=not no_reply_nat,
+        )
     except EbpflbError as e:
         raise UsageError(str(e)) from None
 

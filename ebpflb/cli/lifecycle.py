@@ -14,6 +14,7 @@ from ebpflb.cli.common import (
     GatewayPorts,
     Interfaces,
     Mode,
+    NoReplyNat,
     PinPath,
     RegPort,
     ServicePort,
@@ -40,6 +41,7 @@ def refuse_if_unreachable_or_owned(pin_path: str, interfaces: list[str]) -> None
     require_lasting_bpffs(pin_path)
     refuse_if_owned(pin_path, interfaces)
 
+
 @app.command()
 def load(
     interfaces: Interfaces,
@@ -51,6 +53,7 @@ def load(
     drop_without_gateway: DropWithoutGateway = False,
     gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
     balance_forwarded: BalanceForwarded = False,
+    no_reply_nat: NoReplyNat = False,
     userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
         bool, typer.Option("-u", "--userspace-registrations", hidden=True)
     ] = False,
@@ -61,7 +64,7 @@ def load(
     if userspace:  # user-space registrations need a process to receive them
         raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
     config = checked_config(
-        mode, port, reg_port, expiry, trace, False, drop_without_gateway, gateway_ports, balance_forwarded
+        mode, port, reg_port, expiry, trace, False, drop_without_gateway, gateway_ports, balance_forwarded, no_reply_nat
     )
 
     def act() -> None:
@@ -95,12 +98,22 @@ def run_cmd(
     drop_without_gateway: DropWithoutGateway = False,
     gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
     balance_forwarded: BalanceForwarded = False,
+    no_reply_nat: NoReplyNat = False,
     pin_path: PinPath = None,
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
     pin_path = pin_path or default_pin_path()
     config = checked_config(
-        mode, port, reg_port, expiry, trace, userspace, drop_without_gateway, gateway_ports, balance_forwarded
+        mode,
+        port,
+        reg_port,
+        expiry,
+        trace,
+        userspace,
+        drop_without_gateway,
+        gateway_ports,
+        balance_forwarded,
+        no_reply_nat,
     )
 
     def act() -> None:

@@ -33,6 +33,7 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "drop_without_gateway": bool(cfg.drop_without_gateway),
             "gateway_ports": [cfg.gw_port_min, cfg.gw_port_max],
             "balance_forwarded": bool(cfg.balance_forwarded),
+            "reply_nat": bool(cfg.reply_nat),
         },
         "gateways": len(snap.gateways),
         "counters": {
@@ -47,6 +48,7 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "stale_picks": c.stale_picks,
             "forwarded": c.forwarded,
             "registrations_in_kernel": c.reg_in_kernel,
+            "replies_nat": c.replies_nat,
         },
     }
 
@@ -71,7 +73,8 @@ def status(as_json: AsJson = False, pin_path: PinPath = None) -> None:
             f"registrations in {'user space' if cfg['userspace_registrations'] else 'kernel'}, "
             f"without gateway: {'drop' if cfg['drop_without_gateway'] else 'pass'}, "
             f"gateway ports {cfg['gateway_ports'][0]}-{cfg['gateway_ports'][1]}, "
-            f"forwarded datagrams: {'balanced' if cfg['balance_forwarded'] else 'passed'}"
+            f"forwarded datagrams: {'balanced' if cfg['balance_forwarded'] else 'passed'}, "
+            f"reply NAT {'on' if cfg['reply_nat'] else 'off'}"
         )
         table = Table("counter", "value", box=None)
         counters = info["counters"]

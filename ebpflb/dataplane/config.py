@@ -18,6 +18,7 @@ def config_for(
     drop_without_gateway: bool,
     gateway_ports: tuple[int, int] = DEFAULT_GATEWAY_PORTS,
     balance_forwarded: bool = False,
+    reply_nat: bool = True,
 ) -> LbConfig:
     for name, port in (("--port", service_port), ("--reg-port", reg_port)):
         if not 1 <= port <= 65535:
@@ -39,4 +40,5 @@ def config_for(
         userspace_reg=int(userspace_reg),
         drop_without_gateway=int(drop_without_gateway),
         balance_forwarded=int(balance_forwarded),
+        reply_nat=int(reply_nat),
     )

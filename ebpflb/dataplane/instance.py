@@ -10,13 +10,14 @@ from typing import Optional
 
 from ebpflb.bpf import libbpf
 from ebpflb.bpf.layout import CtlOp, LbConfig
-from ebpflb.bpf.object_file import PINNED_MAPS, XDP_PROGRAM
+from ebpflb.bpf.object_file import PINNED_MAPS, REPLY_NAT_PROGRAM, XDP_PROGRAM
 from ebpflb.dataplane import attach, pins
 from ebpflb.dataplane.attach import MODES, Attachment
 from ebpflb.dataplane.control import run_control
 from ebpflb.dataplane.host import LOOPBACK_IFINDEX, current_netns, require_bpffs, require_root
 from ebpflb.dataplane.loading import open_object, signals_deferred
 from ebpflb.dataplane.pins import default_pin_path
+from ebpflb.dataplane.reply_nat import sync_reply_nat
 from ebpflb.dataplane.state import Snapshot, read_snapshot, read_state
 from ebpflb.errors import EbpflbError, IncompatiblePins
 
@@ -51,6 +52,7 @@ class Instance:
                     prog_fd = obj.program_fd(XDP_PROGRAM)
                     prog_id = libbpf.prog_id(prog_fd)
                     attached = attach.attach_all(prog_fd, targets, mode)
+                    _sync_reply_nat(self.pin_path, obj, config, targets)
                     pins.pin_programs(obj, self.pin_path)
                 finally:
                     obj.close()
@@ -104,6 +106,7 @@ class Instance:
                     attached = attach.replace_all(obj.program_fd(XDP_PROGRAM), old_fd, live, targets, mode)
                 finally:
                     os.close(old_fd)
+                _sync_reply_nat(self.pin_path, obj, config, targets)
                 pins.pin_programs(obj, self.pin_path)
             finally:
                 obj.close()
@@ -184,6 +187,12 @@ class Instance:
         require_root()
         self.require_loaded()
         run_control(self.pin_path, op, port, weight, **fields)
+
+
+def _sync_reply_nat(pin_path: str, obj: libbpf.BpfObject, config: LbConfig, targets: list[tuple[int, str]]) -> None:
+    """Reply NAT at the egress of every interface the XDP program runs on, or nowhere."""
+    prog_fd = obj.program_fd(REPLY_NAT_PROGRAM) if config.reply_nat else None
+    sync_reply_nat(pin_path, prog_fd, [index for index, _ in targets])
 
 
 def _refuse_other_program(index: int, name: str) -> None:

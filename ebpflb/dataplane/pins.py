@@ -10,6 +10,7 @@ from typing import Iterator
 
 from ebpflb.bpf import libbpf
 from ebpflb.bpf.object_file import CONTROL_PROGRAM, PINNED_MAPS, XDP_PROGRAM
+from ebpflb.dataplane import reply_nat
 from ebpflb.dataplane.host import current_netns, initial_netns
 from ebpflb.errors import EbpflbError
 
@@ -26,7 +27,8 @@ def default_pin_path() -> str:
 
 
 def existing_pins(pin_path: str) -> set[str]:
-    return {name for name in ALL_PINS if os.path.exists(os.path.join(pin_path, name))}
+    fixed = {name for name in ALL_PINS if os.path.exists(os.path.join(pin_path, name))}
+    return fixed | reply_nat.link_pins(pin_path)
 
 
 def pin_programs(obj: libbpf.BpfObject, pin_path: str) -> None:
@@ -41,8 +43,9 @@ def pin_programs(obj: libbpf.BpfObject, pin_path: str) -> None:
 
 
 def remove_pins(pin_path: str, keep: frozenset[str] | set[str] = frozenset()) -> None:
-    """Removes the pins (but those in `keep`) and the directory if that leaves it empty."""
-    for name in ALL_PINS:
+    """Removes the pins (but those in `keep`) and the directory if that leaves it empty.
+    Removing a reply NAT link's pin detaches it."""
+    for name in (*ALL_PINS, *sorted(reply_nat.link_pins(pin_path))):
         if name not in keep:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(pin_path, name))
