@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import struct
 import uuid
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class EbpflbUnderTest:
         self.instance = Instance(self.pin_path)
         self.obj: libbpf.BpfObject | None = None
         self.xdp_fd = -1
+        # one bound socket per gateway: the packet path checks that a gateway's port has one
+        self.sockets: list[socket.socket] = []
 
     def open(self) -> None:
         require_bpffs(self.pin_path)
@@ -55,6 +58,9 @@ class EbpflbUnderTest:
         self.instance.control(CtlOp.SWEEP)
 
     def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
         if self.obj is not None:
             self.obj.close()
             self.obj = None
@@ -65,12 +71,21 @@ class EbpflbUnderTest:
         if len(ports) > MAX_GATEWAYS:
             raise RuntimeError(f"ebpflb holds {MAX_GATEWAYS} gateways, the benchmark asked for {len(ports)}")
         for port, weight in zip(ports, weights):
+            self.listen(port)
             self.instance.control(CtlOp.ADD_STATIC, port, weight)
+
+    def listen(self, port: int) -> None:
+        """A socket on 127.0.0.1:port, where the benchmark's datagrams go, kept until close:
+        without one the packet path would find the gateway dead."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", port))
+        self.sockets.append(sock)
 
     def add_static_owned_by_loopback(self, ports: Sequence[int], weights: Sequence[int]) -> None:
         """Registered from 127.0.0.1, so registration datagrams from there (the benchmark's
         frames) may change them, then made static, so none expires during the run."""
         for port, weight in zip(ports, weights):
+            self.listen(port)
             with control_fd(self.instance.pin_path) as fd:  # as `run -u` hands a received registration on
                 if apply(fd, Registration(4, "127.0.0.1", port, 1, struct.pack("!I", weight))) is not None:
                     raise RuntimeError(f"the registration of gateway {port} was refused")

@@ -17,6 +17,8 @@ const volatile struct lb_config lb_config SEC(".rodata.config") = {
 	.gw_port_min = DEFAULT_GW_PORT_MIN,
 	.gw_port_max = DEFAULT_GW_PORT_MAX,
 	.expiry_ns = DEFAULT_EXPIRY_NS,
+	.reply_nat = 1,
+	.check_sockets = 1,
 };
 
 #define trace(fmt, ...)                                        \

@@ -17,6 +17,8 @@
 #include "scheduler.bpf.h"
 #include "registry.bpf.h"
 #include "expiry.bpf.h"
+#include "liveness.bpf.h"
+#include "affinity.bpf.h"
 #include "reply_nat.bpf.h"
 
 /* A registration datagram: consumed here unless user space (-u) handles them and its
@@ -30,7 +32,7 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	__be32 *weight;
 
 	if (lb_config.userspace_reg) {
-		if (udp_socket_bound(ctx, v))
+		if (udp_socket_bound(ctx, v, v->udp->dest))
 			return XDP_PASS;
 		if (cpu)
 			cpu->global.reg_in_kernel++;
@@ -60,8 +62,10 @@ static __always_inline int handle_registration(struct xdp_md *ctx, struct udp_vi
 	return XDP_DROP;
 }
 
-/* Expiry is checked at most once per jiffy and CPU: the coarse clock ticks no faster. */
-static __always_inline void expire_if_due(struct lb_state *st, struct cpu_data *cpu)
+/* Once per jiffy and CPU: expiry (the coarse clock ticks no faster) and the sweep for down
+ * gateways. */
+static __always_inline void once_per_jiffy(struct xdp_md *ctx, const struct udp_view *v,
+					   struct lb_state *st, struct cpu_data *cpu)
 {
 	__u64 now, jiffies = bpf_jiffies64();	/* inlined: a plain load */
 
@@ -69,12 +73,15 @@ static __always_inline void expire_if_due(struct lb_state *st, struct cpu_data *
 		return;
 	cpu->jiffies = jiffies;
 	now = bpf_ktime_get_coarse_ns();
+	cpu->now_ns = now;
 	if (now >= st->next_expiry_ns)
 		expire_gateways(now);
+	revive_sweep(ctx, v, st);
 }
 
-/* A service datagram: rewrite its destination to the next gateway in the schedule. */
-static __always_inline int balance(struct xdp_md *ctx, struct udp_view *v)
+/* A service datagram: rewrite its destination to the next gateway in the schedule, or to its
+ * flow's gateway with --affinity. */
+static __always_inline int balance(struct xdp_md *ctx, struct udp_view *v, struct hdr_cursor *c)
 {
 	struct cpu_data *cpu = this_cpu_data();
 	struct lb_state *st = shared_state();
@@ -92,11 +99,17 @@ static __always_inline int balance(struct xdp_md *ctx, struct udp_view *v)
 		cpu->global.unbalanced++;
 		return XDP_PASS;
 	}
-	expire_if_due(st, cpu);
+	once_per_jiffy(ctx, v, st, cpu);
 	if (schedule_pending(st))
 		schedule_build(BUILD_ONE_STEP);
 
-	pick = schedule_next(st, cpu);
+	if (lb_config.affinity_ns) {
+		pick = flow_pick(ctx, v, c, st, cpu);
+	} else {
+		pick = schedule_next(st, cpu);
+		if (pick)
+			pick = pick_alive(ctx, v, st, cpu, pick);
+	}
 	if (!pick) {
 		if (lb_config.drop_without_gateway) {
 			cpu->global.no_gateway_dropped++;
@@ -128,7 +141,7 @@ int ebpflb_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	dport = bpf_ntohs(v.udp->dest);
 	if (dport == lb_config.service_port)
-		return balance(ctx, &v);
+		return balance(ctx, &v, &c);
 	if (dport == lb_config.reg_port)
 		return handle_registration(ctx, &v, &c);
 	return XDP_PASS;

@@ -13,6 +13,9 @@
 #define SCHED_BUFFERS 4		/* power of two: schedules are published round robin over these */
 #define MAX_WEIGHT 65535
 #define REG_PAYLOAD_MIN 4	/* bytes 0-3: weight, u32 big-endian; later bytes reserved */
+#ifndef FLOW_TABLE_SIZE
+#define FLOW_TABLE_SIZE 65536	/* flows --affinity remembers; the least recently seen goes first */
+#endif
 /* Version of the pinned layout below, recorded in lb_state by the program that created the
  * pins: user space refuses pins of another version instead of misreading them. Bump it with
  * any change of a pinned struct. */
@@ -56,11 +59,12 @@ struct ctl_args {
 struct gateway {
 	__u16 port;		/* host byte order; 0 marks a free slot */
 	__u8 is_static;		/* added by hand: never expires */
-	__u8 pad;
+	__u8 down;		/* static: no socket was bound on its port when last checked */
 	__u32 weight;
 	__u64 last_seen_ns;	/* CLOCK_MONOTONIC_COARSE of the last registration */
 	__u32 owner[4];		/* source address that registered it (IPv4 as ::ffff:a.b.c.d,
 				 * network byte order); all zero: added by hand, owned by root */
+	__u64 checked_jiffies;	/* when the packet path last looked for its socket */
 };
 
 /* Configuration the program was loaded with, published for user space. */
@@ -74,8 +78,31 @@ struct lb_config {
 	__u8 drop_without_gateway;
 	__u8 balance_forwarded;	/* also balance datagrams this host forwards (off: only local ones) */
 	__u8 reply_nat;		/* tc egress gives gateways' datagrams the service port as source */
-	__u8 pad[3];
+	__u8 check_sockets;	/* a gateway lives while a socket is bound on its port */
+	__u8 affinity_key;	/* enum affinity_key */
+	__u8 pad;
 	__u64 expiry_ns;
+	__u64 affinity_ns;	/* 0: per-datagram WRR; else a flow keeps its gateway while seen this recently */
+};
+
+enum affinity_key {
+	AFFINITY_CLIENT = 0,	/* the client's address and port */
+	AFFINITY_GTPU = 1,	/* the TEID of a GTPv1-U G-PDU; the client for anything else */
+};
+
+/* A flow of --affinity: the client's address (IPv4 as ::ffff:a.b.c.d) and port, or a TEID. */
+struct flow_key {
+	__u32 addr[4];
+	__u32 teid;
+	__u16 port;
+	__u8 kind;		/* enum affinity_key of this key: a TEID and a client never collide */
+	__u8 pad;
+};
+
+struct flow {
+	__u32 entry;		/* SCHED_ENTRY of its gateway */
+	__u32 pad;
+	__u64 seen_ns;		/* CLOCK_MONOTONIC_COARSE, refreshed at most once per jiffy */
 };
 
 /* The gateway table and the scheduler's shared state: one element, pinned. The fields every
@@ -91,6 +118,8 @@ struct lb_state {
 	__u32 building;			/* 1 while one CPU runs a build step */
 	__u32 slots_used;		/* slots below this have been handed out at least once */
 	__u32 free_top;			/* entries in free_slots */
+	__u32 down_count;		/* static gateways marked down */
+	__u32 revive_cursor;		/* next slot the sweep for down gateways looks at */
 	__u64 build_jiffies;		/* when the last build started: at most one starts per jiffy */
 	__u64 next_expiry_ns;		/* no dynamic gateway expires before this */
 	__u64 netns;			/* inode of the network namespace served; 0 until a loader says */
@@ -135,6 +164,10 @@ struct global_counters {
 	__u64 forwarded;		/* service-port datagrams not for this host, passed unchanged */
 	__u64 reg_in_kernel;		/* -u, but no process listened: registrations taken by the kernel */
 	__u64 replies_nat;		/* datagrams from a gateway's port given the service port (tc egress) */
+	__u64 found_dead;		/* gateways whose socket was gone: removed, or marked down if static */
+	__u64 flows_created;		/* --affinity: new flows (beyond FLOW_TABLE_SIZE each evicts the least recent) */
+	__u64 flows_expired;		/* flows not seen for the affinity time: chosen anew */
+	__u64 flows_moved;		/* flows whose gateway left or died: moved to a live one */
 };
 
 struct gateway_counters {
@@ -157,6 +190,7 @@ struct cpu_data {
 	__u32 len;			/* length of that schedule */
 	__u32 pad;
 	__u64 jiffies;			/* when this CPU last compared the clock with the expiry deadline */
+	__u64 now_ns;			/* CLOCK_MONOTONIC_COARSE read at that jiffy */
 	struct locality_cache locality;
 	struct global_counters global;
 	struct gateway_counters gw[MAX_GATEWAYS];

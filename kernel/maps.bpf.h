@@ -34,6 +34,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_schedules SEC(".maps");
 
+/* --affinity: each flow's gateway. LRU: a full table drops the flow seen least recently. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FLOW_TABLE_SIZE);
+	__type(key, struct flow_key);
+	__type(value, struct flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

@@ -53,10 +53,14 @@ static __always_inline void slot_release(struct lb_state *st, struct port_index 
 
 	__u32 index = st->live_index[slot & (MAX_GATEWAYS - 1)], last;
 
-	ix->slot_of_port[g->port] = 0;
+	ix->slot_of_port[READ_ONCE(g->port)] = 0;	/* read here: a bounded u16, whatever the caller knows */
 	WRITE_ONCE(g->port, 0);
 	g->weight = 0;
 	g->is_static = 0;
+	if (g->down) {
+		g->down = 0;
+		st->down_count--;
+	}
 	st->free_slots[st->free_top & (MAX_GATEWAYS - 1)] = slot;
 	st->free_top++;
 	/* the last live slot fills the hole: the live list stays dense */
@@ -103,6 +107,7 @@ static __always_inline int table_apply(struct lb_state *st, struct port_index *i
 		g->weight = r->weight;
 		g->is_static = !!(r->flags & REG_MAKE_STATIC);
 		g->last_seen_ns = r->now;
+		g->checked_jiffies = 0;	/* its socket is looked for at its first datagram */
 		for (int k = 0; k < 4; k++)
 			g->owner[k] = r->flags & REG_FROM_SOURCE ? r->owner[k] : 0;
 		WRITE_ONCE(g->port, r->port);

@@ -162,7 +162,7 @@ static long snapshot_slots(__u64 i, struct build_ctx *c)
 		__u32 weight = READ_ONCE(g->weight);
 		__u16 port = READ_ONCE(g->port);
 
-		if (!port || !weight)
+		if (!port || !weight || READ_ONCE(g->down))
 			continue;
 		s->item[ITEM(n)].entry = SCHED_ENTRY(slot, port);
 		s->item[ITEM(n)].weight = weight;
@@ -240,7 +240,7 @@ static __always_inline int place(struct build_scratch *s, struct queue_top *q,
 	return 0;
 }
 
-#define FILL_UNROLL 8	/* events per callback: the queue's top stays in registers between them */
+#define FILL_UNROLL 4	/* events per callback: the queue's top stays in registers between them */
 
 /* BUILD_FILL, FILL_UNROLL events: each releases one pick that may start at the current
  * position or, when none is left to release, fills the position. A flat sequence of events
@@ -471,7 +471,7 @@ static __always_inline __u32 live_fallback(struct lb_state *st, __u32 seed)
 		slot = READ_ONCE(st->live_slots[ITEM(index)]);
 		__u16 port = READ_ONCE(st->gw[ITEM(slot)].port);
 
-		if (port)
+		if (port && !READ_ONCE(st->gw[ITEM(slot)].down))
 			return SCHED_ENTRY(slot, port);
 	}
 	return 0;
@@ -496,6 +496,7 @@ static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data 
 {
 	__u32 published = READ_ONCE(st->published), key = published & (SCHED_BUFFERS - 1);
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
+	struct gateway *g;
 	__u32 pos, entry;
 
 	if (!sched)
@@ -507,7 +508,8 @@ static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data 
 		return live_fallback(st, pos);
 	cpu->cursor = pos + 1 < cpu->len ? pos + 1 : 0;
 	entry = READ_ONCE(sched->entry[POS(pos)]);
-	if (ENTRY_PORT(entry) && READ_ONCE(st->gw[ITEM(ENTRY_SLOT(entry))].port) == ENTRY_PORT(entry))
+	g = &st->gw[ITEM(ENTRY_SLOT(entry))];
+	if (ENTRY_PORT(entry) && READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down))
 		return entry;
 	cpu->global.stale_picks++;
 	return live_fallback(st, pos);

@@ -10,6 +10,7 @@ import enum
 
 MAX_GATEWAYS = 256
 SCHED_SIZE = 4096
+FLOW_TABLE_SIZE = 65536  # flows --affinity remembers (an LRU hash)
 SCHED_BUFFERS = 4
 MAX_WEIGHT = 65535
 REG_PAYLOAD_MIN = 4
@@ -60,10 +61,11 @@ class Gateway(ctypes.Structure):
     _fields_ = [
         ("port", u16),
         ("is_static", u8),
-        ("pad", u8),
+        ("down", u8),
         ("weight", u32),
         ("last_seen_ns", u64),
         ("owner", u32 * 4),
+        ("checked_jiffies", u64),
     ]
 
 
@@ -78,8 +80,11 @@ class LbConfig(ctypes.Structure):
         ("drop_without_gateway", u8),
         ("balance_forwarded", u8),
         ("reply_nat", u8),
-        ("pad", u8 * 3),
+        ("check_sockets", u8),
+        ("affinity_key", u8),
+        ("pad", u8),
         ("expiry_ns", u64),
+        ("affinity_ns", u64),
     ]
 
 
@@ -94,6 +99,8 @@ class LbState(ctypes.Structure):
         ("building", u32),
         ("slots_used", u32),
         ("free_top", u32),
+        ("down_count", u32),
+        ("revive_cursor", u32),
         ("build_jiffies", u64),
         ("next_expiry_ns", u64),
         ("netns", u64),
@@ -144,6 +151,10 @@ class GlobalCounters(ctypes.Structure):
         ("forwarded", u64),
         ("reg_in_kernel", u64),
         ("replies_nat", u64),
+        ("found_dead", u64),
+        ("flows_created", u64),
+        ("flows_expired", u64),
+        ("flows_moved", u64),
     ]
 
 
@@ -170,6 +181,7 @@ class CpuData(ctypes.Structure):
         ("len", u32),
         ("pad", u32),
         ("jiffies", u64),
+        ("now_ns", u64),
         ("locality", LocalityCache),
         ("global_", GlobalCounters),
         ("gw", GatewayCounters * MAX_GATEWAYS),
@@ -177,6 +189,24 @@ class CpuData(ctypes.Structure):
 
 
 # Structs checked against the object's BTF, by their C names.
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("addr", u32 * 4),
+        ("teid", u32),
+        ("port", u16),
+        ("kind", u8),
+        ("pad", u8),
+    ]
+
+
+class Flow(ctypes.Structure):
+    _fields_ = [
+        ("entry", u32),
+        ("pad", u32),
+        ("seen_ns", u64),
+    ]
+
+
 BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "ctl_args": CtlArgs,
     "gateway": Gateway,
@@ -188,4 +218,6 @@ BTF_MIRRORS: dict[str, type[ctypes.Structure]] = {
     "gateway_counters": GatewayCounters,
     "locality_cache": LocalityCache,
     "cpu_data": CpuData,
+    "flow_key": FlowKey,
+    "flow": Flow,
 }

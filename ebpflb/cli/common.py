@@ -61,6 +61,16 @@ BalanceForwarded = Annotated[
         "--balance-forwarded", help="Also balance service datagrams this host forwards (default: only its own)."
     ),
 ]
+Affinity = Annotated[
+    float,
+    typer.Option(
+        "--affinity", metavar="SECONDS", help="Keep a flow on its gateway while seen this recently (0: per datagram)."
+    ),
+]
+AffinityKey = Annotated[
+    str,
+    typer.Option("--affinity-key", metavar="client|gtpu", help="Flow of --affinity: client address and port, or TEID."),
+]
 NoReplyNat = Annotated[
     bool,
     typer.Option(
@@ -138,6 +148,8 @@ def checked_config(
     gateway_ports: str,
     balance_forwarded: bool,
     no_reply_nat: bool = False,
+    affinity: float = 0.0,
+    affinity_key: str = "client",
 ) -> LbConfig:
     """The configuration `load` and `run` are asked for. Values they cannot take are usage
     errors (exit 2), found before anything is touched."""
@@ -155,6 +167,8 @@ def checked_config(
             ports,
             balance_forwarded,
             reply_nat=not no_reply_nat,
+            affinity_s=affinity,
+            affinity_key=affinity_key,
         )
     except EbpflbError as e:
         raise UsageError(str(e)) from None

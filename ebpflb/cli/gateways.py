@@ -25,18 +25,19 @@ from ebpflb.dataplane import GatewayInfo, Snapshot, default_pin_path
 
 
 def gateway_rows(snap: Snapshot) -> list[dict]:
-    total_weight = sum(g.weight for g in snap.gateways) or 1
+    total_weight = sum(g.weight for g in snap.gateways if g.up) or 1  # a down gateway gets no share
     total_packets = sum(g.packets for g in snap.gateways) or 1
     return [
         {
             "port": g.port,
             "weight": g.weight,
-            "weight_share": g.weight / total_weight,
+            "weight_share": g.weight / total_weight if g.up else 0.0,
             "packets": g.packets,
             "packet_share": g.packets / total_packets,
             "bytes": g.bytes,
             "age_s": None if g.is_static else round(g.age_s, 3),  # a static gateway never expires
             "static": g.is_static,
+            "up": g.up,
             "slot": g.slot,
         }
         for g in sorted(snap.gateways, key=lambda g: g.port)
@@ -45,7 +46,7 @@ def gateway_rows(snap: Snapshot) -> list[dict]:
 
 @gateways_app.callback()
 def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = None) -> None:
-    """One row per gateway: port, weight, shares, packets, bytes, seconds since registration."""
+    """One row per gateway: port, weight, shares, packets, bytes, seconds since registration, up."""
     if ctx.invoked_subcommand:
         return
     pin_path = pin_path or default_pin_path()
@@ -55,7 +56,7 @@ def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = No
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("port", "weight", "weight %", "packets", "packet %", "bytes", "age s", "static")
+        table = Table("port", "weight", "weight %", "packets", "packet %", "bytes", "age s", "static", "up")
         for r in rows:
             table.add_row(
                 str(r["port"]),
@@ -66,6 +67,7 @@ def gateways(ctx: typer.Context, as_json: AsJson = False, pin_path: PinPath = No
                 str(r["bytes"]),
                 "-" if r["age_s"] is None else f"{r['age_s']:.1f}",
                 "yes" if r["static"] else "",
+                "yes" if r["up"] else "[red]no[/red]",
             )
         out.print(table if rows else "no gateways registered")
 

@@ -8,6 +8,8 @@ import typer
 
 from ebpflb.bpf import defaults
 from ebpflb.cli.common import (
+    Affinity,
+    AffinityKey,
     BalanceForwarded,
     DropWithoutGateway,
     Expiry,
@@ -54,6 +56,8 @@ def load(
     gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
     balance_forwarded: BalanceForwarded = False,
     no_reply_nat: NoReplyNat = False,
+    affinity: Affinity = 0.0,
+    affinity_key: AffinityKey = "client",
     userspace: Annotated[  # hidden: accepted only to say that `run -u` is meant
         bool, typer.Option("-u", "--userspace-registrations", hidden=True)
     ] = False,
@@ -64,7 +68,18 @@ def load(
     if userspace:  # user-space registrations need a process to receive them
         raise UsageError("-u needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
     config = checked_config(
-        mode, port, reg_port, expiry, trace, False, drop_without_gateway, gateway_ports, balance_forwarded, no_reply_nat
+        mode,
+        port,
+        reg_port,
+        expiry,
+        trace,
+        False,
+        drop_without_gateway,
+        gateway_ports,
+        balance_forwarded,
+        no_reply_nat,
+        affinity,
+        affinity_key,
     )
 
     def act() -> None:
@@ -99,6 +114,8 @@ def run_cmd(
     gateway_ports: GatewayPorts = DEFAULT_GATEWAY_PORTS,
     balance_forwarded: BalanceForwarded = False,
     no_reply_nat: NoReplyNat = False,
+    affinity: Affinity = 0.0,
+    affinity_key: AffinityKey = "client",
     pin_path: PinPath = None,
 ) -> None:
     """Attach like `load`, show live status, and detach and remove the pins on Ctrl-C or SIGTERM."""
@@ -114,6 +131,8 @@ def run_cmd(
         gateway_ports,
         balance_forwarded,
         no_reply_nat,
+        affinity,
+        affinity_key,
     )
 
     def act() -> None:

@@ -6,7 +6,7 @@ import json
 
 from rich.table import Table
 
-from ebpflb.bpf.layout import RejectReason
+from ebpflb.bpf.layout import FLOW_TABLE_SIZE, RejectReason
 from ebpflb.bpf.object_file import object_path
 from ebpflb.cli.common import (
     AsJson,
@@ -17,6 +17,7 @@ from ebpflb.cli.common import (
     run,
 )
 from ebpflb.dataplane import Instance, Snapshot, default_pin_path
+from ebpflb.dataplane.config import AFFINITY_KEYS
 
 
 def status_dict(instance: Instance, snap: Snapshot) -> dict:
@@ -34,6 +35,10 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "gateway_ports": [cfg.gw_port_min, cfg.gw_port_max],
             "balance_forwarded": bool(cfg.balance_forwarded),
             "reply_nat": bool(cfg.reply_nat),
+            "socket_liveness": bool(cfg.check_sockets),
+            "affinity_s": cfg.affinity_ns / 1e9,
+            "affinity_key": AFFINITY_KEYS[cfg.affinity_key] if cfg.affinity_key < len(AFFINITY_KEYS) else "?",
+            "flow_table_size": FLOW_TABLE_SIZE,
         },
         "gateways": len(snap.gateways),
         "counters": {
@@ -49,6 +54,12 @@ def status_dict(instance: Instance, snap: Snapshot) -> dict:
             "forwarded": c.forwarded,
             "registrations_in_kernel": c.reg_in_kernel,
             "replies_nat": c.replies_nat,
+            "gateways_found_dead": c.found_dead,
+            "flows_created": c.flows_created,
+            "flows_expired": c.flows_expired,
+            "flows_moved": c.flows_moved,
+            # an LRU table: each flow created beyond its size took the place of the least recent
+            "flow_table_full": max(0, c.flows_created - FLOW_TABLE_SIZE),
         },
     }
 
@@ -74,7 +85,8 @@ def status(as_json: AsJson = False, pin_path: PinPath = None) -> None:
             f"without gateway: {'drop' if cfg['drop_without_gateway'] else 'pass'}, "
             f"gateway ports {cfg['gateway_ports'][0]}-{cfg['gateway_ports'][1]}, "
             f"forwarded datagrams: {'balanced' if cfg['balance_forwarded'] else 'passed'}, "
-            f"reply NAT {'on' if cfg['reply_nat'] else 'off'}"
+            f"reply NAT {'on' if cfg['reply_nat'] else 'off'}, "
+            + (f"affinity {cfg['affinity_s']:g} s by {cfg['affinity_key']}" if cfg["affinity_s"] else "affinity off")
         )
         table = Table("counter", "value", box=None)
         counters = info["counters"]

@@ -5,6 +5,7 @@ the attachment after the loader exits and needs no qdisc; removing the pin detac
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Optional
 
@@ -32,12 +33,7 @@ def sync_reply_nat(pin_path: str, prog_fd: Optional[int], ifindexes: list[int]) 
         for name, ifindex in sorted(wanted.items()):
             path = os.path.join(pin_path, name)
             assert prog_fd is not None
-            if os.path.exists(path):
-                fd = libbpf.obj_get(path)
-                try:
-                    libbpf.link_update(fd, prog_fd)
-                finally:
-                    os.close(fd)
+            if os.path.exists(path) and _updated(path, prog_fd):
                 continue
             fd = _attach(ifindex, prog_fd)
             try:
@@ -53,6 +49,22 @@ def sync_reply_nat(pin_path: str, prog_fd: Optional[int], ifindexes: list[int]) 
     for name in link_pins(pin_path) - set(wanted):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(pin_path, name))
+
+
+def _updated(path: str, prog_fd: int) -> bool:
+    """Gives a pinned link the new program; False (and the pin removed) if the link was severed
+    (its interface is gone: a stale pin)."""
+    fd = libbpf.obj_get(path)
+    try:
+        libbpf.link_update(fd, prog_fd)
+        return True
+    except OSError as e:
+        if e.errno != errno.ENOLINK:
+            raise
+        os.unlink(path)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _attach(ifindex: int, prog_fd: int) -> int:

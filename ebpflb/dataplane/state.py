@@ -22,6 +22,7 @@ class GatewayInfo:
     age_s: float
     packets: int
     bytes: int
+    up: bool = True  # a socket was bound on its port when the packet path last looked
 
 
 @dataclass
@@ -96,6 +97,7 @@ def read_snapshot(pin_path: str) -> Snapshot:
             age_s=max(0.0, (now - g.last_seen_ns) / 1e9),
             packets=per_slot[slot].packets,
             bytes=per_slot[slot].bytes,
+            up=not g.down,
         )
         for slot, g in enumerate(state.gw)
         if g.port

@@ -32,32 +32,42 @@ def answer_of(port: int) -> str:
     return f"127.0.1.{DNS_PORTS.index(port) + 1}"
 
 
+def start_dns_server(ns: NetNS, port: int) -> subprocess.Popen:
+    """dnsmasq on 127.0.0.1:port (no upstream, no cache), answering NAME with answer_of(port),
+    returned once its socket is bound."""
+    server = ns.popen(
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--cache-size=0",
+        "--pid-file=",
+        "--user=root",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        f"--port={port}",
+        f"--address=/{NAME}/{answer_of(port)}",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # bound, not asked directly: once the port is a gateway, reply NAT gives its answers port 2152
+    if not wait_until(lambda: f"127.0.0.1:{port} " in ns.run("ss", "-Hnlu").stdout, 5.0):
+        server.kill()
+        server.wait()
+        raise AssertionError(f"dnsmasq on port {port} did not answer")
+    return server
+
+
 @contextlib.contextmanager
 def dns_servers(ns: NetNS) -> Iterator[list[subprocess.Popen]]:
-    """dnsmasq on each of DNS_PORTS (loopback, no upstream, no cache), stopped afterwards."""
-    servers = []
+    """dnsmasq on each of DNS_PORTS, each answering directly; all stopped afterwards (also
+    those the test replaced in the list)."""
+    servers: list[subprocess.Popen] = []
     try:
         for port in DNS_PORTS:
-            servers.append(
-                ns.popen(
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--cache-size=0",
-                    "--pid-file=",
-                    "--user=root",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    f"--port={port}",
-                    f"--address=/{NAME}/{answer_of(port)}",
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in DNS_PORTS:  # each answers directly before ebpflb is asked to send to it
-            assert wait_until(lambda p=port: dig(ns, p, 1, timeout_s=1) == [answer_of(p)], 5.0), f"dnsmasq on {port}"
+            servers.append(start_dns_server(ns, port))
+            assert dig(ns, port, 1, timeout_s=1) == [answer_of(port)]  # asked directly: not a gateway yet
         yield servers
     finally:
         for server in servers:

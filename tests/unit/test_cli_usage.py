@@ -204,8 +204,8 @@ def test_gateways_table_shows_no_age_for_static_gateways(fake_instance: type[Fak
     assert ran.code == 0, ran.stderr
     cells = [line.split() for line in ran.stdout.splitlines()]
     rows = {c[1]: c for c in cells if c[1:2] in (["7001"], ["7003"])}
-    assert rows["7001"][-3:] == ["2.4", "│", "│"], rows  # registered: seconds since last heard
-    assert rows["7003"][-4:] == ["-", "│", "yes", "│"], rows  # static: never expires, no age
+    assert rows["7001"][-5:] == ["2.4", "│", "│", "yes", "│"], rows  # registered: seconds since last heard
+    assert rows["7003"][-6:] == ["-", "│", "yes", "│", "yes", "│"], rows  # static: never expires, no age; up
 
 
 def test_gateways_json_has_null_age_for_static_gateways(fake_instance: type[FakeInstance]) -> None:

@@ -22,6 +22,7 @@ from ebpflb.bpf import defaults as compiled
 from ebpflb.bpf import layout
 from ebpflb.bpf.libbpf import BpfObject
 from ebpflb.bpf.object_file import CONFIG_SECTION, PINNED_MAPS, object_path
+from ebpflb.dataplane.config import config_for
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = REPO / "kernel" / "ebpflb.h"
@@ -128,7 +129,11 @@ def test_config_section_layout() -> None:
     assert defaults.expiry_ns == int(compiled.EXPIRY_S * 1e9)
     assert (defaults.gw_port_min, defaults.gw_port_max) == compiled.GATEWAY_PORTS
     assert (defaults.trace, defaults.userspace_reg, defaults.drop_without_gateway) == (0, 0, 0)
-    assert (defaults.balance_forwarded, bytes(defaults.pad)) == (0, bytes(4))
+    assert (defaults.balance_forwarded, defaults.reply_nat, defaults.check_sockets) == (0, 1, 1)
+    assert (defaults.affinity_ns, defaults.affinity_key, defaults.pad) == (0, 0, 0)
+    # ... and what config_for gives when no option says otherwise
+    chosen = config_for(compiled.SERVICE_PORT, compiled.REG_PORT, compiled.EXPIRY_S, False, False, False)
+    assert bytes(chosen) == section
 
 
 def map_definition(name: str) -> dict[str, int | str]:
