@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,4 +63,9 @@ class NetNS:
         return values
 
     def delete(self) -> None:
+        """Kills what still runs in it (a test's background servers), then removes it."""
+        pids = sh("ip", "netns", "pids", self.name, check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
         sh("ip", "netns", "del", self.name, check=False)

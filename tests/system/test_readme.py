@@ -29,7 +29,8 @@ pytestmark = pytest.mark.kernel
 DEFAULT_PIN = re.compile(r"/sys/fs/bpf/ebpflb(?![-\w])")
 # commands this test runs; others (make, pip, mount, run, trace) are shown but not run here
 RUN_PREFIXES = ("ebpflb load", "ebpflb status", "ebpflb gateways", "ebpflb weights", "ebpflb object-path",
-                "ebpflb unload", "python3 -c", "printf ", "xdp-loader ", "rm -r /sys/fs/bpf/")
+                "ebpflb unload", "python3 -c", "python3 examples/", "pkill ", "printf ", "xdp-loader ",
+                "rm -r /sys/fs/bpf/")
 LIBXDP_DIR = "/sys/fs/bpf/xdp"
 XDP_LOADER_LOCK = "/run/xdp-loader.lck"
 

@@ -200,7 +200,7 @@ def expiry_check(sender: Sender, gws: list[Gateway], state_pin: str) -> None:
 
 def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: str) -> None:
     with loaded_by_xdp_loader(netns, pin_dir):
-        assert sorted(os.listdir(pin_dir)) == ["lb_percpu", "lb_port_index", "lb_schedules", "lb_state"]
+        assert sorted(os.listdir(pin_dir)) == ["lb_flows", "lb_percpu", "lb_port_index", "lb_schedules", "lb_state"]
         assert gateways_json(netns, pin_dir) == {}
         with netns.entered(), gateways(3) as gws, Sender(4, LOOPBACK[4]) as sender:
             register(gws, [1, 2, 3])
@@ -232,6 +232,12 @@ def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: s
             "drop_without_gateway": False,
             "gateway_ports": [1024, 65535],
             "balance_forwarded": False,
+            # compiled in, though xdp-loader attaches no tc program: replies keep the gateway's port
+            "reply_nat": True,
+            "socket_liveness": True,
+            "affinity_s": 0.0,
+            "affinity_key": "client",
+            "flow_table_size": 65536,
         }
         assert status["counters"]["service"] == sum(gw.count for gw in gws)  # settling datagrams included
         assert status["counters"]["registrations_accepted"] == 6  # 5 datagrams and the CLI's weight change

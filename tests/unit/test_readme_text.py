@@ -12,7 +12,7 @@ from ..netns import REPO
 README = REPO / "README.md"
 MUST_BE_SHOWN = ("ebpflb load eth0", "ebpflb status", "ebpflb status --json", "ebpflb gateways",
                  "ebpflb gateways --json", "ebpflb gateways add", "ebpflb weights set", "ebpflb object-path",
-                 "ebpflb unload", "python3 -c 'import socket,struct", "printf '\\x00\\x00\\x00", "UDP6:[::1]:3000",
+                 "ebpflb unload", "python3 examples/minimal_gateway.py", "printf '\\x00\\x00\\x00", "UDP6:[::1]:3000",
                  "xdp-loader load -m skb -p", "xdp-loader unload -a lo")
 
 
