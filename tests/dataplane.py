@@ -132,13 +132,13 @@ def loaded(pin_path: str, config: Optional[LbConfig] = None) -> Iterator[Datapla
 
 
 @contextlib.contextmanager
-def shared(bpffs: str) -> Iterator[Dataplane]:
+def shared(bpffs: str, config: Optional[LbConfig] = None) -> Iterator[Dataplane]:
     """One load in its own namespace and pin directory for a whole module; tests call
     `reset()` first. Everything is removed after, also on failure."""
     pin_path = f"{bpffs}/ebpflb-test-{uuid.uuid4().hex[:12]}"
     namespace = NetNS("pk")
     try:
-        with namespace.entered(), loaded(pin_path) as plane:
+        with namespace.entered(), loaded(pin_path, config) as plane:
             yield plane
     finally:
         namespace.delete()

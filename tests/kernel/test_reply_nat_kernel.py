@@ -15,7 +15,7 @@ from ebpflb.bpf.layout import CtlOp
 from ebpflb.bpf.object_file import REPLY_NAT_PROGRAM
 
 from .. import packets as P
-from ..dataplane import Dataplane, default_config, loaded
+from ..dataplane import Dataplane, default_config, loaded, shared
 
 pytestmark = pytest.mark.kernel
 
@@ -24,19 +24,27 @@ GATEWAY = 7001
 NOT_A_GATEWAY = 7009
 
 
+@pytest.fixture(scope="module")
+def with_reply_nat(bpffs: str) -> Iterator[Dataplane]:
+    with shared(bpffs, default_config(reply_nat=1)) as dp:
+        yield dp
+
+
 @pytest.fixture
-def reply_nat(pin_path: str) -> Iterator[tuple[Dataplane, Callable[[bytes], bytes]]]:
-    with loaded(pin_path, default_config(reply_nat=1)) as dp:
-        dp.instance.control(CtlOp.SWEEP)
-        dp.instance.control(CtlOp.ADD_STATIC, GATEWAY, 5)
-        fd = dp.obj.program_fd(REPLY_NAT_PROGRAM)
+def reply_nat(with_reply_nat: Dataplane) -> Iterator[tuple[Dataplane, Callable[[bytes], bytes]]]:
+    """The module's load, reset, with one static gateway; run(frame) is the tc program's output."""
+    dp = with_reply_nat
+    dp.reset()
+    dp.instance.control(CtlOp.SWEEP)
+    dp.instance.control(CtlOp.ADD_STATIC, GATEWAY, 5)
+    fd = dp.obj.program_fd(REPLY_NAT_PROGRAM)
 
-        def run(frame: bytes) -> bytes:
-            verdict, out, _ = libbpf.test_run(fd, frame)
-            assert verdict == TC_ACT_OK
-            return out
+    def run(frame: bytes) -> bytes:
+        verdict, out, _ = libbpf.test_run(fd, frame)
+        assert verdict == TC_ACT_OK
+        return out
 
-        yield dp, run
+    yield dp, run
 
 
 
