@@ -4,6 +4,7 @@ skip is turned into a failure, so CI can never pass by skipping the kernel."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,6 +18,11 @@ from .netns import NetNS, sh
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BPFFS = "/sys/fs/bpf"
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored in
+# every child: the tests that press Ctrl-C on their subprocesses need it handled here (a child
+# then starts with the default action).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
