@@ -3,7 +3,8 @@
 1. ns per datagram of the service path at 1, 8, 64 and 256 gateways, against XDP_PASS;
 2. the rejected designs (O(N) lowest packets/weight scan, locked smooth WRR), same packet;
 3. the cost of a registration that changes a weight (a schedule rebuild);
-4. the non-service path against XDP_PASS.
+4. the non-service path against XDP_PASS;
+5. the service path with --affinity (flow found, new flow) and the reply NAT per reply.
 Prints the tables and writes them to docs/microbench.md. Needs root and a mounted bpffs;
 attaches nothing to any interface and removes every pin it made, also on Ctrl-C.
 """
@@ -26,12 +27,14 @@ from ebpflb.errors import EbpflbError
 
 from .micro_build import REPO, build_objects
 from .micro_checks import VerificationError
+from .micro_flows import run_flow_benchmarks
 from .micro_machine import Machine, cpu_report, cpu_ticks, load_average
 from .micro_objects import BenchObjects
 from .micro_packets import udp4_frame
 from .micro_rebuild import run_rebuild_benchmarks
 from .micro_report import (
     cpu_time_agreement,
+    flows_table,
     markdown,
     other_table,
     print_report,
@@ -112,17 +115,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[dim]measuring {what}[/]")
 
     with tempfile.TemporaryDirectory(prefix="ebpflb-microbench-") as build_dir:
-        objects = BenchObjects(build_objects(Path(build_dir)), service_frame, SERVICE_PORT)
+        paths = build_objects(Path(build_dir))
+        objects = BenchObjects(paths, service_frame, SERVICE_PORT)
         try:
             groups = run_service_benchmarks(objects, service_frame, other_frame, args.rounds, round_s, progress)
+            flows = run_flow_benchmarks(objects, paths, service_frame, args.rounds, round_s, progress)
             rebuilds = run_rebuild_benchmarks(args.changes, service_frame, objects.replay, cpu, progress)
         finally:
             objects.close()
 
     service, service_verdict = service_table(groups, args.rounds)
     rejected, rejected_verdict = rejected_table(groups)
-    tables = [service, rejected, rebuild_table(rebuilds), other_table(groups, args.rounds)]
-    verdicts = [service_verdict, rejected_verdict, *rebuild_verdicts(rebuilds)]
+    flows_data, flows_verdicts = flows_table(flows, args.rounds)
+    tables = [service, rejected, rebuild_table(rebuilds), other_table(groups, args.rounds), flows_data]
+    verdicts = [service_verdict, rejected_verdict, *rebuild_verdicts(rebuilds), *flows_verdicts]
     method = method_text(args.rounds, args.round_ms, cpu_time_agreement(groups))
     context = [
         f"Load average {load_before} at the start, {load_average()} at the end (other work shares the machine); "

@@ -36,9 +36,10 @@ class Counters:
 
 
 class EbpflbUnderTest:
-    def __init__(self, service_port: int, reg_port: int) -> None:
+    def __init__(self, service_port: int, reg_port: int, affinity_s: float = 0.0) -> None:
         self.service_port = service_port
         self.reg_port = reg_port
+        self.affinity_s = affinity_s
         self.pin_path = f"{BPFFS}/ebpflb-microbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.instance = Instance(self.pin_path)
         self.obj: libbpf.BpfObject | None = None
@@ -49,7 +50,7 @@ class EbpflbUnderTest:
     def open(self) -> None:
         require_bpffs(self.pin_path)
         os.mkdir(self.pin_path)
-        config = config_for(self.service_port, self.reg_port, EXPIRY_S, False, False, False)
+        config = config_for(self.service_port, self.reg_port, EXPIRY_S, False, False, False, affinity_s=self.affinity_s)
         self.obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
         ctypes.memmove(self.obj.section(CONFIG_SECTION), ctypes.addressof(config), ctypes.sizeof(config))
         self.obj.load()
@@ -111,8 +112,8 @@ class EbpflbUnderTest:
 
 
 @contextlib.contextmanager
-def ebpflb_under_test(service_port: int, reg_port: int) -> Iterator[EbpflbUnderTest]:
-    lb = EbpflbUnderTest(service_port, reg_port)
+def ebpflb_under_test(service_port: int, reg_port: int, affinity_s: float = 0.0) -> Iterator[EbpflbUnderTest]:
+    lb = EbpflbUnderTest(service_port, reg_port, affinity_s)
     try:
         lb.open()
         yield lb
