@@ -64,7 +64,6 @@ struct gateway {
 	__u64 last_seen_ns;	/* CLOCK_MONOTONIC_COARSE of the last registration */
 	__u32 owner[4];		/* source address that registered it (IPv4 as ::ffff:a.b.c.d,
 				 * network byte order); all zero: added by hand, owned by root */
-	__u64 checked_jiffies;	/* when the packet path last looked for its socket */
 };
 
 /* Configuration the program was loaded with, published for user space. */
@@ -173,6 +172,7 @@ struct global_counters {
 struct gateway_counters {
 	__u64 packets;
 	__u64 bytes;			/* UDP length (header and payload) of each datagram */
+	__u64 checked_jiffies;		/* when this CPU last looked for the gateway's socket */
 };
 
 /* The last destination this CPU asked the FIB about (see locality.bpf.h). */

@@ -2,7 +2,8 @@
 /* Liveness from the gateway's own socket: a gateway lives while a UDP socket is bound on its
  * port. Checked on the packet path, so also without an ebpflb process and under xdp-loader:
  * the datagram about to go to a gateway first asks the stack's socket lookup, at most once per
- * jiffy per gateway (a CPU that finds the gateway checked in this jiffy skips it). A gateway
+ * jiffy per gateway and CPU (each CPU keeps the jiffy of its last check with its counters of
+ * the gateway, so the check costs no shared cache line). A gateway
  * whose socket is gone gets nothing from the next check on: a registered one is removed, a
  * static one is marked down, stays listed and is left out of the schedule. Once per jiffy and
  * CPU a sweep looks at a few slots for a down gateway whose port has a socket again. */
@@ -97,7 +98,7 @@ struct liveness_probe {
 };
 
 /* The pick if its socket is still there, else another live gateway (0: none). Global, so the
- * verifier checks it once: the packet path calls it at most once per jiffy per gateway. */
+ * verifier checks it once: the packet path calls it at most once per jiffy per gateway and CPU. */
 __noinline int pick_checked(struct xdp_md *ctx, struct liveness_probe *p)
 {
 	struct lb_state *st = shared_state();
@@ -110,7 +111,6 @@ __noinline int pick_checked(struct xdp_md *ctx, struct liveness_probe *p)
 	size = p->size;
 	if (!st || !cpu || size > sizeof(p->tuple))
 		return pick;
-	WRITE_ONCE(st->gw[ITEM(ENTRY_SLOT(pick))].checked_jiffies, cpu->jiffies);
 	if (tuple_socket_bound(ctx, &p->tuple, size, bpf_htons(ENTRY_PORT(pick))))
 		return pick;
 	gateway_found_dead(ENTRY_SLOT(pick), ENTRY_PORT(pick));
@@ -137,11 +137,13 @@ __noinline int revive_checked(struct xdp_md *ctx, struct liveness_probe *p)
 static __always_inline __u32 pick_alive(struct xdp_md *ctx, const struct udp_view *v,
 					struct lb_state *st, struct cpu_data *cpu, __u32 pick)
 {
+	/* this CPU's counters of the gateway: a line the datagram writes anyway, and no other CPU does */
+	struct gateway_counters *gc = &cpu->gw[ITEM(ENTRY_SLOT(pick))];
 	struct liveness_probe p = { .pick = pick };
 
-	if (!lb_config.check_sockets ||
-	    READ_ONCE(st->gw[ITEM(ENTRY_SLOT(pick))].checked_jiffies) == cpu->jiffies)
+	if (!lb_config.check_sockets || gc->checked_jiffies == cpu->jiffies)
 		return pick;
+	gc->checked_jiffies = cpu->jiffies;
 	p.size = udp_tuple_of(v, &p.tuple);
 	return pick_checked(ctx, &p);
 }

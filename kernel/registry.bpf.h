@@ -107,7 +107,6 @@ static __always_inline int table_apply(struct lb_state *st, struct port_index *i
 		g->weight = r->weight;
 		g->is_static = !!(r->flags & REG_MAKE_STATIC);
 		g->last_seen_ns = r->now;
-		g->checked_jiffies = 0;	/* its socket is looked for at its first datagram */
 		for (int k = 0; k < 4; k++)
 			g->owner[k] = r->flags & REG_FROM_SOURCE ? r->owner[k] : 0;
 		WRITE_ONCE(g->port, r->port);

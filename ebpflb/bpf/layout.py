@@ -65,7 +65,6 @@ class Gateway(ctypes.Structure):
         ("weight", u32),
         ("last_seen_ns", u64),
         ("owner", u32 * 4),
-        ("checked_jiffies", u64),
     ]
 
 
@@ -162,6 +161,7 @@ class GatewayCounters(ctypes.Structure):
     _fields_ = [
         ("packets", u64),
         ("bytes", u64),
+        ("checked_jiffies", u64),
     ]
 
 
