@@ -243,6 +243,25 @@ def test_pinned_balances_registers_and_the_cli_reads_it(netns: NetNS, pin_dir: s
         assert status["counters"]["registrations_accepted"] == 6  # 5 datagrams and the CLI's weight change
 
 
+def test_pinned_a_gateway_whose_socket_is_gone_gets_nothing_without_any_ebpflb_process(
+    netns: NetNS, pin_dir: str
+) -> None:
+    """Liveness is the XDP program's own: under xdp-loader, no ebpflb process runs."""
+    with loaded_by_xdp_loader(netns, pin_dir):
+        with netns.entered(), gateways(3) as gws, Sender(4, LOOPBACK[4]) as sender:
+            register(gws, [1, 1, 2])
+            assert counts_after(sender, gws, 40) == [10, 10, 20]
+            gone = gws[2].port
+            gws[2].close()  # as a killed process: no deregistration
+            before, received = netns.nstat(["UdpNoPorts"]), gws[0].count + gws[1].count
+            sender.send(40)
+            assert wait_for_total(gws[:2], received + 40) == received + 40  # every one to a live gateway
+            assert netns.nstat(["UdpNoPorts"]) == before  # none went to the closed port
+        assert gone not in gateways_json(netns, pin_dir)
+        counters = status_json(netns, pin_dir)["counters"]
+        assert (counters["gateways_found_dead"], counters["expired"]) == (1, 0)
+
+
 def test_pinned_expires_with_the_compiled_in_30_s(netns: NetNS, pin_dir: str) -> None:
     with loaded_by_xdp_loader(netns, pin_dir):
         with netns.entered(), gateways(3) as gws, Sender(4, LOOPBACK[4]) as sender:
