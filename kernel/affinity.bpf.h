@@ -4,7 +4,8 @@
  * the client (address and port) or, with --affinity-key gtpu, the TEID of a GTPv1-U G-PDU.
  * New flows follow the weights; a flow whose gateway left or died moves to a live one at its
  * next datagram. The table is an LRU hash of FLOW_TABLE_SIZE flows: when it is full, a new
- * flow takes the place of the one seen least recently. */
+ * flow takes the place of the one seen least recently. In front of it, each CPU remembers the
+ * flows it found in the current jiffy (lb_flow_cache). */
 #ifndef AFFINITY_BPF_H
 #define AFFINITY_BPF_H
 
@@ -36,18 +37,28 @@ static __always_inline void flow_key_of(const struct udp_view *v, const struct h
 	k->kind = AFFINITY_CLIENT;
 }
 
-/* The gateway of this datagram's flow (0 if none is live). Kept while the flow is seen within
- * the affinity time and its gateway is live (checked as every pick is, see liveness.bpf.h). */
-static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view *v,
-				       const struct hdr_cursor *c, struct lb_state *st,
-				       struct cpu_data *cpu)
+static __always_inline __u32 flow_hash(const struct flow_key *k)
 {
-	struct flow_key k = {};
+	__u32 h = k->addr[0] ^ k->addr[1] ^ k->addr[2] ^ k->addr[3] ^ k->teid ^ k->port;
+
+	return (h * 0x9E3779B1u) >> 24;	/* Fibonacci hashing: the top bits mix every input bit */
+}
+
+static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] && a->addr[2] == b->addr[2] &&
+	       a->addr[3] == b->addr[3] && a->teid == b->teid && a->port == b->port && a->kind == b->kind;
+}
+
+/* flow_pick's way through the flow table (at most once per jiffy and CPU for a steady flow). */
+static __always_inline __u32 flow_pick_in_table(struct xdp_md *ctx, const struct udp_view *v,
+						struct lb_state *st, struct cpu_data *cpu,
+						struct flow_key *k)
+{
 	struct flow *f;
 	__u32 pick;
 
-	flow_key_of(v, c, &k);
-	f = bpf_map_lookup_elem(&lb_flows, &k);
+	f = bpf_map_lookup_elem(&lb_flows, k);
 	if (f) {
 		__u32 entry = READ_ONCE(f->entry);
 		struct gateway *g = &st->gw[ITEM(ENTRY_SLOT(entry))];
@@ -78,8 +89,41 @@ static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view
 	} else {
 		struct flow created = { .entry = pick, .seen_ns = cpu->now_ns };
 
-		if (!bpf_map_update_elem(&lb_flows, &k, &created, BPF_ANY))
+		if (!bpf_map_update_elem(&lb_flows, k, &created, BPF_ANY))
 			cpu->global.flows_created++;
+	}
+	return pick;
+}
+
+/* The gateway of this datagram's flow (0 if none is live). Kept while the flow is seen within
+ * the affinity time and its gateway is live (checked as every pick is, see liveness.bpf.h). */
+static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view *v,
+				       const struct hdr_cursor *c, struct lb_state *st,
+				       struct cpu_data *cpu)
+{
+	struct flow_cache_entry *cached = 0;
+	struct flow_key k = {};
+	struct flow_cache *fc;
+	__u32 pick;
+
+	flow_key_of(v, c, &k);
+	fc = flow_cache();
+	if (fc) {
+		cached = &fc->slot[flow_hash(&k) & (FLOW_CACHE_SIZE - 1)];
+		if (cached->jiffies == cpu->jiffies && same_flow(&cached->key, &k)) {
+			__u32 entry = cached->entry;
+			struct gateway *g = &st->gw[ITEM(ENTRY_SLOT(entry))];
+
+			if (READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down) &&
+			    pick_alive(ctx, v, st, cpu, entry) == entry)
+				return entry;
+		}
+	}
+	pick = flow_pick_in_table(ctx, v, st, cpu, &k);
+	if (pick && cached) {
+		cached->key = k;
+		cached->entry = pick;
+		cached->jiffies = cpu->jiffies;
 	}
 	return pick;
 }

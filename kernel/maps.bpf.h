@@ -43,6 +43,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_flows SEC(".maps");
 
+#define FLOW_CACHE_SIZE 256	/* power of two: flows each CPU remembers for the current jiffy */
+
+/* A flow's gateway as this CPU last found it in lb_flows, valid in that jiffy only. */
+struct flow_cache_entry {
+	struct flow_key key;
+	__u32 entry;
+	__u32 pad;
+	__u64 jiffies;
+};
+
+struct flow_cache {
+	struct flow_cache_entry slot[FLOW_CACHE_SIZE];
+};
+
+/* Direct-mapped, per CPU, not pinned: a steady flow looks up lb_flows once per jiffy and CPU,
+ * which keeps its seen time fresh, and in between costs a hash and a compare. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_cache);
+} lb_flow_cache SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -121,6 +144,13 @@ static __always_inline struct cpu_data *this_cpu_data(void)
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&lb_percpu, &zero);
+}
+
+static __always_inline struct flow_cache *flow_cache(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&lb_flow_cache, &zero);
 }
 
 static __always_inline struct build_scratch *build_scratch(void)
