@@ -11,7 +11,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 
@@ -21,6 +21,7 @@ from ..traffic import (
     cli_ok,
     family,
     ones_complement_sum,
+    parse_udp_frame,
     pseudo_header,
     status_json,
     udp_checksum,
@@ -59,27 +60,12 @@ class ReplyCapture:
             for level, kind, data in ancillary:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status = struct.unpack_from("I", data)[0]
-            parsed = _udp_of(frame)
-            if parsed and struct.unpack_from("!H", parsed[3], 0)[0] == SERVICE_PORT:
-                out.append((*parsed, not status & TP_STATUS_CSUMNOTREADY))
+            udp = parse_udp_frame(frame)
+            if udp and udp.sport == SERVICE_PORT:
+                out.append((udp.version, udp.src, udp.dst, udp.segment, not status & TP_STATUS_CSUMNOTREADY))
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _udp_of(frame: bytes) -> Optional[tuple[int, str, str, bytes]]:
-    ethertype = struct.unpack_from("!H", frame, 12)[0]
-    ip = frame[14:]
-    if ethertype == 0x0800 and ip[9] == socket.IPPROTO_UDP:
-        header = (ip[0] & 0x0F) * 4
-        length = struct.unpack_from("!H", ip, header + 4)[0]
-        src, dst = (socket.inet_ntop(socket.AF_INET, ip[o : o + 4]) for o in (12, 16))
-        return 4, src, dst, ip[header : header + length]
-    if ethertype == 0x86DD and ip[6] == socket.IPPROTO_UDP:
-        length = struct.unpack_from("!H", ip, 44)[0]
-        src, dst = (socket.inet_ntop(socket.AF_INET6, ip[o : o + 16]) for o in (8, 24))
-        return 6, src, dst, ip[40 : 40 + length]
-    return None
 
 
 def finished(segment: bytes) -> bytes:
