@@ -7,7 +7,6 @@ source port and checksum, against a tc program that passes everything."""
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from ebpflb.bpf.object_file import REPLY_NAT_PROGRAM
 
 from .micro_checks import XDP_PASS, expect, expect_rewritten, expect_verdict
 from .micro_ebpflb import EbpflbUnderTest, ebpflb_under_test
-from .micro_objects import BenchObjects, load_object, update_map
+from .micro_objects import BenchObjects, ReplayHarness
 from .micro_packets import UDP_OFFSET, udp4_checksum_ok, udp4_frame, udp_fields
 from .micro_service import FIRST_GATEWAY_PORT, REG_PORT, SERVICE_PORT
 from .micro_timing import Case, measure_interleaved
@@ -27,18 +26,6 @@ TC_ACT_OK = 0
 GATEWAYS = 3
 AFFINITY_S = 3600  # no flow expires during the run
 CLIENT_PORT = 40000
-
-
-class Harness:
-    """A replay program of bench/bpf loaded with its configuration; tail-calls its target."""
-
-    def __init__(self, path: Path, program: str, config: bytes) -> None:
-        self.obj = load_object(path, {".rodata.replay": config})
-        self.fd = self.obj.program_fd(program)
-        self._targets = self.obj.map_fd("replay_target")
-
-    def target(self, prog_fd: int) -> None:
-        update_map(self._targets, 0, ctypes.c_uint32(prog_fd))
 
 
 class AnyPass:
@@ -125,14 +112,14 @@ def run_flow_benchmarks(
     source = service_frame[UDP_OFFSET : UDP_OFFSET + 2]
     ip = UDP_OFFSET - 20
     addr_low, ip_check = service_frame[ip + 14 : ip + 16], service_frame[ip + 10 : ip + 12]
-    new_flow = Harness(
+    new_flow = ReplayHarness(
         paths["replay_new_flow"],
         "replay_new_flow",
         struct.pack("<I", UDP_OFFSET) + dest + check + source + addr_low + ip_check + bytes(2),
     )
     ports = [FIRST_GATEWAY_PORT + i for i in range(GATEWAYS)]
     reply = udp4_frame(ports[0], CLIENT_PORT, bytes(range(32)))
-    tc = Harness(
+    tc = ReplayHarness(
         paths["tc_replay"],
         "tc_replay",
         struct.pack("<I", UDP_OFFSET) + reply[UDP_OFFSET : UDP_OFFSET + 2] + reply[UDP_OFFSET + 6 : UDP_OFFSET + 8],
@@ -146,10 +133,10 @@ def run_flow_benchmarks(
                 "affinity-found": Case(
                     "affinity-found", lb.xdp_fd, service_frame, Affinity(lb, ports, False), objects.replay
                 ),
-                "pass-new-flow": Case("pass-new-flow", objects.pass_fd, service_frame, AnyPass(), new_flow),  # type: ignore[arg-type]
-                "affinity-new": Case("affinity-new", lb.xdp_fd, service_frame, Affinity(lb, ports, True), new_flow),  # type: ignore[arg-type]
-                "tc-pass": Case("tc-pass", tc.obj.program_fd("tc_pass"), reply, TcUnchanged(reply), tc),  # type: ignore[arg-type]
-                "reply-nat": Case("reply-nat", lb.obj.program_fd(REPLY_NAT_PROGRAM), reply, ReplyNatted(lb), tc),  # type: ignore[arg-type]
+                "pass-new-flow": Case("pass-new-flow", objects.pass_fd, service_frame, AnyPass(), new_flow),
+                "affinity-new": Case("affinity-new", lb.xdp_fd, service_frame, Affinity(lb, ports, True), new_flow),
+                "tc-pass": Case("tc-pass", tc.obj.program_fd("tc_pass"), reply, TcUnchanged(reply), tc),
+                "reply-nat": Case("reply-nat", lb.obj.program_fd(REPLY_NAT_PROGRAM), reply, ReplyNatted(lb), tc),
             }
             measure_interleaved(list(cases.values()), rounds, round_s)
             return FlowResult(cases)

@@ -67,21 +67,27 @@ def update_map(fd: int, key: int, value: ctypes.Array | ctypes.Structure | ctype
     libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ctypes.byref(k), ctypes.byref(value), 0), "map update")
 
 
-class Replay:
-    """The harness: restores the original destination port and checksum, then tail-calls
-    whichever program was last set as its target."""
+class ReplayHarness:
+    """A replay program of bench/bpf (see replay.bpf.h), loaded with its configuration: it
+    tail-calls whichever program was last set as its target."""
+
+    def __init__(self, path: Path, program: str, config: bytes) -> None:
+        self.obj = load_object(path, {".rodata.replay": config})
+        self.fd = self.obj.program_fd(program)
+        self._targets = self.obj.map_fd("replay_target")
+
+    def target(self, prog_fd: int) -> None:
+        update_map(self._targets, 0, ctypes.c_uint32(prog_fd))
+
+
+class Replay(ReplayHarness):
+    """The harness of the service path: restores the original destination port and checksum."""
 
     def __init__(self, path: Path, frame: bytes) -> None:
         # the original bytes as they sit in the frame, i.e. network byte order
         dest = frame[UDP_OFFSET + 2 : UDP_OFFSET + 4]
         check = frame[UDP_OFFSET + 6 : UDP_OFFSET + 8]
-        config = struct.pack("<I", UDP_OFFSET) + dest + check
-        self.obj = load_object(path, {".rodata.replay": config})
-        self.fd = self.obj.program_fd("replay")
-        self._targets = self.obj.map_fd("replay_target")
-
-    def target(self, prog_fd: int) -> None:
-        update_map(self._targets, 0, ctypes.c_uint32(prog_fd))
+        super().__init__(path, "replay", struct.pack("<I", UDP_OFFSET) + dest + check)
 
 
 class PerCpuTable:

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from ebpflb.bpf import libbpf
 
 from .micro_checks import Check
-from .micro_objects import Replay
+from .micro_objects import ReplayHarness
 
 CALIBRATION_REPEAT = 64_000
 MAX_REPEAT = 20_000_000
@@ -53,7 +53,7 @@ class Case:
     prog_fd: int
     frame: bytes
     check: Check
-    harness: Optional[Replay] = None
+    harness: Optional[ReplayHarness] = None
     repeat_multiple: int = 1  # repeat is always a multiple of this (whole schedule cycles)
     repeat: int = 0
     kernel_ns: list[float] = field(default_factory=list)  # the kernel's duration per repetition

@@ -61,12 +61,11 @@ static __always_inline __u32 flow_pick_in_table(struct xdp_md *ctx, const struct
 	f = bpf_map_lookup_elem(&lb_flows, k);
 	if (f) {
 		__u32 entry = READ_ONCE(f->entry);
-		struct gateway *g = &st->gw[ITEM(ENTRY_SLOT(entry))];
 
 		/* signed: another CPU may have seen it at a later jiffy than this CPU's clock */
 		if ((__s64)(cpu->now_ns - READ_ONCE(f->seen_ns)) > (__s64)lb_config.affinity_ns) {
 			cpu->global.flows_expired++;
-		} else if (READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down)) {
+		} else if (entry_is_live(st, entry)) {
 			pick = pick_alive(ctx, v, st, cpu, entry);
 			if (pick == entry) {
 				if (READ_ONCE(f->seen_ns) != cpu->now_ns)
@@ -112,10 +111,8 @@ static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view
 		cached = &fc->slot[flow_hash(&k) & (FLOW_CACHE_SIZE - 1)];
 		if (cached->jiffies == cpu->jiffies && same_flow(&cached->key, &k)) {
 			__u32 entry = cached->entry;
-			struct gateway *g = &st->gw[ITEM(ENTRY_SLOT(entry))];
 
-			if (READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down) &&
-			    pick_alive(ctx, v, st, cpu, entry) == entry)
+			if (entry_is_live(st, entry) && pick_alive(ctx, v, st, cpu, entry) == entry)
 				return entry;
 		}
 	}

@@ -240,7 +240,7 @@ static __always_inline int place(struct build_scratch *s, struct queue_top *q,
 	return 0;
 }
 
-#define FILL_UNROLL 4	/* events per callback: the queue's top stays in registers between them */
+#define FILL_UNROLL 4	/* events per callback: the queue's top stays in locals between them (8 exceeds the verifier's budget) */
 
 /* BUILD_FILL, FILL_UNROLL events: each releases one pick that may start at the current
  * position or, when none is left to release, fills the position. A flat sequence of events
@@ -490,13 +490,20 @@ static __noinline void adopt_schedule(struct cpu_data *cpu, __u32 published, __u
 	cpu->len = len;
 }
 
+/* The entry's gateway is still in the table, on that port, and not marked down. */
+static __always_inline int entry_is_live(struct lb_state *st, __u32 entry)
+{
+	struct gateway *g = &st->gw[ITEM(ENTRY_SLOT(entry))];
+
+	return ENTRY_PORT(entry) && READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down);
+}
+
 /* The next gateway for this CPU, as SCHED_ENTRY(slot, port); 0 when none is live.
  * The entry is read once, as one value, and checked against the live table. */
 static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data *cpu)
 {
 	__u32 published = READ_ONCE(st->published), key = published & (SCHED_BUFFERS - 1);
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
-	struct gateway *g;
 	__u32 pos, entry;
 
 	if (!sched)
@@ -508,8 +515,7 @@ static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data 
 		return live_fallback(st, pos);
 	cpu->cursor = pos + 1 < cpu->len ? pos + 1 : 0;
 	entry = READ_ONCE(sched->entry[POS(pos)]);
-	g = &st->gw[ITEM(ENTRY_SLOT(entry))];
-	if (ENTRY_PORT(entry) && READ_ONCE(g->port) == ENTRY_PORT(entry) && !READ_ONCE(g->down))
+	if (entry_is_live(st, entry))
 		return entry;
 	cpu->global.stale_picks++;
 	return live_fallback(st, pos);

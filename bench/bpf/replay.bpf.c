@@ -4,8 +4,7 @@
  * second repetition on. This program first puts the datagram's original destination port and
  * UDP checksum back (two 16-bit stores), then tail-calls the program under test, so every
  * repetition sees the same datagram. Baselines go through the same harness: its cost cancels. */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
+#include "replay.bpf.h"
 
 struct replay_config {
 	__u32 udp_offset;	/* where the UDP header starts in the frame */
@@ -14,13 +13,6 @@ struct replay_config {
 };
 
 const volatile struct replay_config replay_config SEC(".rodata.replay") = {};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} replay_target SEC(".maps");
 
 SEC("xdp")
 int replay(struct xdp_md *ctx)

@@ -3,8 +3,7 @@
  * datagram the next client of a counter, 16 source addresses times 65536 source ports
  * (checksums updated), so with --affinity each one misses the 65536-flow LRU table: a client
  * comes back only after a million others, long after its flow was evicted. */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
+#include "replay.bpf.h"
 #include "packet/csum.bpf.h"
 
 struct replay_config {
@@ -20,13 +19,6 @@ struct replay_config {
 const volatile struct replay_config replay_config SEC(".rodata.replay") = {};
 
 __u32 next_client;	/* one benchmark thread runs this: a plain counter will do */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} replay_target SEC(".maps");
 
 SEC("xdp")
 int replay_new_flow(struct xdp_md *ctx)

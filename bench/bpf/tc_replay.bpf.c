@@ -2,8 +2,7 @@
 /* The replay harness of the tc programs: the reply NAT rewrites the source port, so every
  * repetition first puts the reply's source port and UDP checksum back, then tail-calls the
  * program under test (ebpflb's tc program, or the pass-through baseline below). */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
+#include "replay.bpf.h"
 
 struct tc_replay_config {
 	__u32 udp_offset;
@@ -12,13 +11,6 @@ struct tc_replay_config {
 };
 
 const volatile struct tc_replay_config tc_replay_config SEC(".rodata.replay") = {};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} replay_target SEC(".maps");
 
 SEC("tc")
 int tc_replay(struct __sk_buff *skb)
