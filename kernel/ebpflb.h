@@ -19,7 +19,7 @@
 /* Version of the pinned layout below, recorded in lb_state by the program that created the
  * pins: user space refuses pins of another version instead of misreading them. Bump it with
  * any change of a pinned struct. */
-#define EBPFLB_ABI_VERSION 3
+#define EBPFLB_ABI_VERSION 4
 
 /* Why a registration was refused; each reason has its own counter. */
 enum reject_reason {
@@ -167,6 +167,8 @@ struct global_counters {
 	__u64 flows_created;		/* --affinity: new flows (beyond FLOW_TABLE_SIZE each evicts the least recent) */
 	__u64 flows_expired;		/* flows not seen for the affinity time: chosen anew */
 	__u64 flows_moved;		/* flows whose gateway left or died: moved to a live one */
+	__u64 departed_packets;		/* counters of gateways whose slot was reused: totals never go back */
+	__u64 departed_bytes;
 };
 
 struct gateway_counters {

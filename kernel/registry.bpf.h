@@ -155,15 +155,20 @@ static long zero_gateway_counters_on_cpu(__u64 cpu, struct zero_ctx *z)
 {
 	__u32 key = 0;
 	struct cpu_data *d = bpf_map_lookup_percpu_elem(&lb_percpu, &key, cpu);
+	struct gateway_counters *gc;
 
 	if (!d)
 		return 1;	/* past the last possible CPU */
-	d->gw[z->slot & (MAX_GATEWAYS - 1)].packets = 0;
-	d->gw[z->slot & (MAX_GATEWAYS - 1)].bytes = 0;
+	gc = &d->gw[z->slot & (MAX_GATEWAYS - 1)];
+	d->global.departed_packets += gc->packets;
+	d->global.departed_bytes += gc->bytes;
+	gc->packets = 0;
+	gc->bytes = 0;
 	return 0;
 }
 
-/* A reused slot must not inherit the previous gateway's counters. */
+/* A reused slot must not inherit the previous gateway's counters; they move to the departed
+ * totals on the same CPU, so the sum over all slots plus those totals never decreases. */
 static __always_inline void zero_gateway_counters(__u32 slot)
 {
 	struct zero_ctx z = { .slot = slot };

@@ -14,7 +14,7 @@ FLOW_TABLE_SIZE = 65536  # flows --affinity remembers (an LRU hash)
 SCHED_BUFFERS = 4
 MAX_WEIGHT = 65535
 REG_PAYLOAD_MIN = 4
-ABI_VERSION = 3  # EBPFLB_ABI_VERSION: the pinned layout's version
+ABI_VERSION = 4  # EBPFLB_ABI_VERSION: the pinned layout's version
 
 
 class RejectReason(enum.IntEnum):
@@ -154,6 +154,8 @@ class GlobalCounters(ctypes.Structure):
         ("flows_created", u64),
         ("flows_expired", u64),
         ("flows_moved", u64),
+        ("departed_packets", u64),
+        ("departed_bytes", u64),
     ]
 
 

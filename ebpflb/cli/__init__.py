@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ebpflb.cli import gateways, lifecycle, status, trace  # noqa: F401  (importing them registers their commands)
+from ebpflb.cli import gateways, lifecycle, metrics, status, top, trace  # noqa: F401  (importing them registers their commands)
 from ebpflb.cli.common import UsageError, app, err
 from ebpflb.cli.lifecycle import run_cmd
 

@@ -49,7 +49,14 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 T = TypeVar("T")
 
 # Options `load` and `run` share.
-Interfaces = Annotated[List[str], typer.Argument(help="Interfaces to balance on; lo is always added.")]
+Interfaces = Annotated[
+    Optional[List[str]],
+    typer.Argument(help="Interfaces to balance on; lo is always added. Default: `interfaces` of --config."),
+]
+ConfigPath = Annotated[
+    Optional[str],
+    typer.Option("--config", metavar="FILE", help="TOML file of these options (see contrib/ebpflb.toml)."),
+]
 TraceOpt = Annotated[bool, typer.Option("-t", "--trace", help="Log registrations and removals to the trace pipe.")]
 Expiry = Annotated[float, typer.Option("-e", "--expiry", help="Seconds without a heartbeat before a gateway expires.")]
 ServicePort = Annotated[int, typer.Option("--port", help="Service port to balance.")]
@@ -147,9 +154,9 @@ def checked_config(
     drop_without_gateway: bool,
     gateway_ports: str,
     balance_forwarded: bool,
-    no_reply_nat: bool = False,
-    affinity: float = 0.0,
-    affinity_key: str = "client",
+    no_reply_nat: bool,
+    affinity: float,
+    affinity_key: str,
 ) -> LbConfig:
     """The configuration `load` and `run` are asked for. Values they cannot take are usage
     errors (exit 2), found before anything is touched."""

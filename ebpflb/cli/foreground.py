@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
 from rich.console import Console
@@ -22,9 +23,11 @@ from ebpflb.bpf.layout import CtlArgs, CtlOp, LbConfig
 from ebpflb.bpf.object_file import CONTROL_PROGRAM, PINNED_MAPS
 from ebpflb.cli.run_lock import RunLock
 from ebpflb.cli.run_views import LiveView, PlainView, View, where_attached
+from ebpflb.cli.sd_notify import sd_notify
 from ebpflb.dataplane import Instance
 from ebpflb.dataplane.host import require_bpffs, require_root
 from ebpflb.dataplane.userspace_registrations import RegistrationServer, apply
+from ebpflb.metrics.exporter import MetricsServer
 
 TICK_S = 0.5  # sweep and status refresh period
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -68,7 +71,23 @@ def _held_fd(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def run_foreground(pin_path: str, ifnames: list[str], config: LbConfig, mode: str, console: Console) -> None:
+@dataclass
+class ForegroundExtras:
+    """What `run` does beyond attaching: all optional."""
+
+    gateways: list[tuple[int, int]] = field(default_factory=list)  # static (port, weight) to add at start
+    metrics_listen: Optional[str] = None  # HOST:PORT to serve /metrics on
+    keep_loaded: bool = False  # on exit leave the dataplane attached and pinned, for the next run to adopt
+
+
+def run_foreground(
+    pin_path: str,
+    ifnames: list[str],
+    config: LbConfig,
+    mode: str,
+    console: Console,
+    extras: Optional[ForegroundExtras] = None,
+) -> None:
     """Runs until a stop signal; raises EbpflbError (having changed nothing) if it cannot start."""
     require_root()
     require_bpffs(pin_path)
@@ -77,7 +96,7 @@ def run_foreground(pin_path: str, ifnames: list[str], config: LbConfig, mode: st
         lock = RunLock(pin_path)
         lock.acquire()
         try:
-            _attach_and_serve(Instance(pin_path), ifnames, config, mode, console, stop)
+            _attach_and_serve(Instance(pin_path), ifnames, config, mode, console, stop, extras or ForegroundExtras())
         finally:
             lock.release()
     finally:
@@ -85,12 +104,19 @@ def run_foreground(pin_path: str, ifnames: list[str], config: LbConfig, mode: st
 
 
 def _attach_and_serve(
-    instance: Instance, ifnames: list[str], config: LbConfig, mode: str, console: Console, stop: StopSignals
+    instance: Instance,
+    ifnames: list[str],
+    config: LbConfig,
+    mode: str,
+    console: Console,
+    stop: StopSignals,
+    extras: ForegroundExtras,
 ) -> None:
     def say(text: str) -> None:
         console.print(f"ebpflb run: {text}", highlight=False, soft_wrap=True, markup=False)
 
     server = RegistrationServer(config.reg_port) if config.userspace_reg else None
+    metrics: Optional[MetricsServer] = None
     try:
         if instance.attachments():  # attached, yet no run holds the lock: its owner is gone
             attached, replaced = instance.take_over(ifnames, config, mode)
@@ -102,20 +128,39 @@ def _attach_and_serve(
             )
         else:
             attached = instance.load(ifnames, config, mode)
-        say(
-            f"balancing UDP port {config.service_port} on {where_attached(attached)}; registrations on port "
-            f"{config.reg_port} ({'user space' if server else 'kernel'}), expiry {config.expiry_ns / 1e9:g} s, "
-            f"trace {'on' if config.trace else 'off'}; pins in {instance.pin_path}; Ctrl-C stops"
-        )
         try:
+            for port, weight in extras.gateways:
+                instance.control(CtlOp.ADD_STATIC, port, weight)
+            if extras.metrics_listen:
+                metrics = MetricsServer(instance.pin_path, extras.metrics_listen, say)
+            say(
+                f"balancing UDP port {config.service_port} on {where_attached(attached)}; registrations on port "
+                f"{config.reg_port} ({'user space' if server else 'kernel'}), expiry {config.expiry_ns / 1e9:g} s, "
+                f"trace {'on' if config.trace else 'off'}; pins in {instance.pin_path}"
+                + (f"; {len(extras.gateways)} static gateway(s) from the config" if extras.gateways else "")
+                + (f"; metrics at http://{_shown(metrics.address)}/metrics" if metrics else "")
+                + "; Ctrl-C stops"
+            )
+            sd_notify("READY=1")
             _serve(instance, server, console, stop)
         finally:
-            _detach(instance, say)
+            sd_notify("STOPPING=1")
+            if metrics:
+                metrics.close()
+            if extras.keep_loaded:
+                say(f"left loaded at {instance.pin_path}: the next `ebpflb run` adopts it, `ebpflb unload` removes it")
+            else:
+                _detach(instance, say)
     finally:
         if server:
             server.close()
     if stop.received is not None:
         say(f"stopped by {signal.Signals(stop.received).name}")
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _detach(instance: Instance, say: Callable[[str], None]) -> None:

@@ -32,6 +32,9 @@ class Snapshot:
     state: LbState
     counters: GlobalCounters
     gateways: list[GatewayInfo]
+    # gateways no longer listed: their datagrams and bytes, so that totals never go back
+    departed_packets: int = 0
+    departed_bytes: int = 0
 
 
 def read_state(pin_path: str) -> LbState:
@@ -102,4 +105,13 @@ def read_snapshot(pin_path: str) -> Snapshot:
         for slot, g in enumerate(state.gw)
         if g.port
     ]
-    return Snapshot(state, global_counters, gateways)
+    # a departed gateway's counters stay in its slot until the slot is reused; the kernel then
+    # moves them to the departed totals
+    unlisted = [per_slot[slot] for slot, g in enumerate(state.gw) if not g.port]
+    return Snapshot(
+        state,
+        global_counters,
+        gateways,
+        departed_packets=global_counters.departed_packets + sum(c.packets for c in unlisted),
+        departed_bytes=global_counters.departed_bytes + sum(c.bytes for c in unlisted),
+    )
