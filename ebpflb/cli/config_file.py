@@ -30,10 +30,14 @@ def _number(low: float, high: float, low_open: bool = False) -> Callable[[object
             raise ValueError(f"{v!r} is not a number")
         if not (low < v if low_open else low <= v) or v > high:  # type: ignore[operator]
             bound = "more than" if low_open else "at least"
-            raise ValueError(f"{v} is out of range ({bound} {low:g}, at most {high:g})")
+            raise ValueError(f"{v} is out of range ({bound} {_plain(low)}, at most {_plain(high)})")
         return float(v)  # type: ignore[arg-type]
 
     return check
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
 
 
 def _port(v: object) -> int:

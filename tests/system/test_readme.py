@@ -30,7 +30,7 @@ DEFAULT_PIN = re.compile(r"/sys/fs/bpf/ebpflb(?![-\w])")
 # commands this test runs; others (make, pip, mount, run, trace) are shown but not run here
 RUN_PREFIXES = ("ebpflb load", "ebpflb status", "ebpflb gateways", "ebpflb weights", "ebpflb object-path",
                 "ebpflb unload", "python3 -c", "python3 examples/", "pkill ", "printf ", "xdp-loader ",
-                "rm -r /sys/fs/bpf/")
+                "rm -r /sys/fs/bpf/", "rm /tmp/ebpflb-")
 LIBXDP_DIR = "/sys/fs/bpf/xdp"
 XDP_LOADER_LOCK = "/run/xdp-loader.lck"
 
@@ -56,7 +56,9 @@ def adapt(command: str, pin_path: str) -> str:
     """The README command against this test's pin path."""
     command = DEFAULT_PIN.sub(pin_path, command)
     if command.startswith("ebpflb ") and "object-path" not in command and "--pin-path" not in command:
-        command += f" --pin-path {pin_path}"
+        # the option goes to ebpflb, before a pipe, a redirection or the next command
+        end = min((i for i in (command.find(t) for t in (" |", " 2>", " >", ";")) if i >= 0), default=len(command))
+        command = f"{command[:end]} --pin-path {pin_path}{command[end:]}"
     return command
 
 
