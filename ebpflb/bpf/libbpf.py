@@ -91,6 +91,7 @@ _SIGNATURES = {
     "bpf_object__find_map_by_name": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
     "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_program__pin": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_bool]),
     "bpf_map__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map__value_size": (ctypes.c_uint32, [ctypes.c_void_p]),
     "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
@@ -110,6 +111,9 @@ _SIGNATURES = {
     "libbpf_set_print": (ctypes.c_void_p, [ctypes.c_void_p]),
     "libbpf_probe_bpf_prog_type": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
     "libbpf_probe_bpf_helper": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]),
+    "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
+    "btf__find_by_name_kind": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32]),
+    "btf__free": (None, [ctypes.c_void_p]),
 }
 
 
@@ -134,6 +138,7 @@ class LibBpf:
     bpf_object__find_map_by_name: Callable[..., Any]
     bpf_program__fd: Callable[..., Any]
     bpf_program__pin: Callable[..., Any]
+    bpf_program__set_autoload: Callable[..., Any]
     bpf_map__fd: Callable[..., Any]
     bpf_map__value_size: Callable[..., Any]
     bpf_map__initial_value: Callable[..., Any]
@@ -153,6 +158,9 @@ class LibBpf:
     libbpf_set_print: Callable[..., Any]
     libbpf_probe_bpf_prog_type: Callable[..., Any]
     libbpf_probe_bpf_helper: Callable[..., Any]
+    btf__load_vmlinux_btf: Callable[..., Any]
+    btf__find_by_name_kind: Callable[..., Any]
+    btf__free: Callable[..., Any]
 
     def __init__(self) -> None:
         self._dll = _open_library()
@@ -232,6 +240,11 @@ class BpfObject:
     def program_fd(self, name: str) -> int:
         prog = check_ptr(self._lib.bpf_object__find_program_by_name(self._ptr, name.encode()), f"program {name}")
         return check(self._lib.bpf_program__fd(prog), f"fd of program {name}")
+
+    def set_autoload(self, name: str, autoload: bool) -> None:
+        """Before load: whether load() loads this program (off: it is left out, fd unavailable)."""
+        prog = check_ptr(self._lib.bpf_object__find_program_by_name(self._ptr, name.encode()), f"program {name}")
+        check(self._lib.bpf_program__set_autoload(prog, autoload), f"autoload of program {name}")
 
     def pin_program(self, name: str, path: str) -> None:
         prog = check_ptr(self._lib.bpf_object__find_program_by_name(self._ptr, name.encode()), f"program {name}")
@@ -396,3 +409,17 @@ def probe_prog_type(prog_type: int) -> int:
 def probe_helper(prog_type: int, helper_id: int) -> int:
     """1 if programs of this type may call this helper (enum bpf_func_id), 0 if not."""
     return check(lib().libbpf_probe_bpf_helper(prog_type, helper_id, None), f"probe helper {helper_id}")
+
+
+BTF_KIND_FUNC = 12
+
+
+def kernel_has_function(name: str) -> bool:
+    """Whether the kernel's BTF (/sys/kernel/btf/vmlinux) lists this function, e.g. a kfunc."""
+    btf = lib().btf__load_vmlinux_btf()
+    if not btf:
+        return False
+    try:
+        return bool(lib().btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC) > 0)
+    finally:
+        lib().btf__free(btf)

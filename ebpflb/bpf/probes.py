@@ -48,6 +48,19 @@ def missing() -> tuple[Feature, ...]:
         return ()
 
 
+# The reply NAT program's kfunc (Linux 6.2; the program is attached with tcx, 6.6, anyway).
+REPLY_NAT_KFUNC = "bpf_cast_to_kern_ctx"
+
+
+@functools.cache
+def reply_nat_loadable() -> bool:
+    """Whether the kernel can load the reply NAT program; the rest of the object loads without it."""
+    try:
+        return libbpf.kernel_has_function(REPLY_NAT_KFUNC)
+    except OSError:
+        return False
+
+
 def require_kernel_features() -> None:
     gone = missing()
     if gone:

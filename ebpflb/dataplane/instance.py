@@ -11,6 +11,7 @@ from typing import Optional
 from ebpflb.bpf import libbpf
 from ebpflb.bpf.layout import CtlOp, LbConfig
 from ebpflb.bpf.object_file import PINNED_MAPS, REPLY_NAT_PROGRAM, XDP_PROGRAM
+from ebpflb.bpf.probes import reply_nat_loadable
 from ebpflb.dataplane import attach, pins
 from ebpflb.dataplane.attach import MODES, Attachment
 from ebpflb.dataplane.control import run_control
@@ -191,6 +192,8 @@ class Instance:
 
 def _sync_reply_nat(pin_path: str, obj: libbpf.BpfObject, config: LbConfig, targets: list[tuple[int, str]]) -> None:
     """Reply NAT at the egress of every interface the XDP program runs on, or nowhere."""
+    if config.reply_nat and not reply_nat_loadable():
+        raise EbpflbError(f"reply NAT needs tcx, Linux 6.6 or later (running {os.uname().release}): use --no-reply-nat")
     prog_fd = obj.program_fd(REPLY_NAT_PROGRAM) if config.reply_nat else None
     sync_reply_nat(pin_path, prog_fd, [index for index, _ in targets])
 

@@ -13,8 +13,8 @@ from typing import Iterator
 
 from ebpflb.bpf import libbpf, verifier_log
 from ebpflb.bpf.layout import LbConfig
-from ebpflb.bpf.object_file import CONFIG_SECTION, object_path
-from ebpflb.bpf.probes import require_kernel_features
+from ebpflb.bpf.object_file import CONFIG_SECTION, REPLY_NAT_PROGRAM, object_path
+from ebpflb.bpf.probes import reply_nat_loadable, require_kernel_features
 from ebpflb.errors import EbpflbError
 
 
@@ -36,6 +36,8 @@ def open_object(pin_path: str, config: LbConfig) -> libbpf.BpfObject:
 
 def load_object(obj: libbpf.BpfObject, pin_path: str) -> None:
     require_kernel_features()  # an old kernel: one line naming what it lacks, not a verifier log
+    if not reply_nat_loadable():
+        obj.set_autoload(REPLY_NAT_PROGRAM, False)  # Linux < 6.2: the rest loads; reply NAT needs 6.6 (tcx)
     messages = libbpf.lib().log
     del messages[:]  # from here on, only this load's messages
     try:
