@@ -85,3 +85,38 @@ def test_verifier_log_is_found_in_libbpfs_messages() -> None:
         "the kernel verifier refused program unchecked: 1: (71) r0 = *(u8 *)(r2 +0) | "
         "invalid access to packet, off=0 size=1, R2(id=0,off=0,r=0) | R2 offset is outside of the packet "
     )
+
+
+class _ObjectWithoutReplyNat:
+    """A loaded object whose reply NAT program was left out (kernel without its kfunc)."""
+
+    def __init__(self) -> None:
+        self.autoload: dict[str, bool] = {}
+
+    def set_autoload(self, name: str, autoload: bool) -> None:
+        self.autoload[name] = autoload
+
+    def load(self) -> None:
+        pass
+
+    def program_fd(self, name: str) -> int:
+        raise AssertionError(f"{name} was not loaded")
+
+
+def test_a_kernel_without_the_reply_nat_kfunc_loads_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebpflb.bpf.object_file import REPLY_NAT_PROGRAM
+    from ebpflb.dataplane import instance, loading
+    from ebpflb.dataplane.config import config_for
+
+    monkeypatch.setattr(loading, "require_kernel_features", lambda: None)
+    monkeypatch.setattr(loading, "reply_nat_loadable", lambda: False)
+    monkeypatch.setattr(instance, "reply_nat_loadable", lambda: False)
+    obj = _ObjectWithoutReplyNat()
+    loading.load_object(obj, "/nonexistent")  # type: ignore[arg-type]
+    assert obj.autoload == {REPLY_NAT_PROGRAM: False}
+    with pytest.raises(EbpflbError, match="--no-reply-nat"):
+        instance._sync_reply_nat("/nonexistent", obj, config_for(2152, 3000, 30, False, False, False), [])  # type: ignore[arg-type]
+    # without reply NAT nothing needs the program
+    monkeypatch.setattr(instance, "sync_reply_nat", lambda *args: None)
+    no_nat = config_for(2152, 3000, 30, False, False, False, reply_nat=False)
+    instance._sync_reply_nat("/nonexistent", obj, no_nat, [])  # type: ignore[arg-type]
