@@ -77,7 +77,7 @@ static __always_inline __u32 flow_pick_in_table(struct xdp_md *ctx, const struct
 			cpu->global.flows_moved++;	/* its gateway left */
 		}
 	}
-	pick = schedule_next(st, cpu);
+	pick = schedule_next(st, cpu, 0);	/* a new or moved flow: always checked */
 	if (pick)
 		pick = pick_alive(ctx, v, st, cpu, pick);
 	if (!pick)

@@ -70,7 +70,7 @@ static __always_inline void once_per_jiffy(struct xdp_md *ctx, const struct udp_
 {
 	__u64 now, jiffies = bpf_jiffies64();	/* inlined: a plain load */
 
-	if (jiffies == cpu->jiffies)
+	if (likely(jiffies == cpu->jiffies))
 		return;
 	cpu->jiffies = jiffies;
 	now = bpf_ktime_get_coarse_ns();
@@ -88,30 +88,32 @@ static __always_inline int balance(struct xdp_md *ctx, struct udp_view *v, struc
 	struct lb_state *st = shared_state();
 	struct gateway_counters *gc;
 	__u32 pick;
+	int current;
 
 	if (!cpu || !st)
 		return XDP_PASS;
-	if (!lb_config.balance_forwarded && !to_local_address(ctx, v, cpu)) {
+	if (unlikely(!lb_config.balance_forwarded && !to_local_address(ctx, v, cpu))) {
 		cpu->global.forwarded++;
 		return XDP_PASS;
 	}
-	if (v->ipv6 && !v->udp->check) {
+	if (unlikely(v->ipv6 && !v->udp->check)) {
 		/* an IPv6 datagram without checksum is dropped by the stack anyway */
 		cpu->global.unbalanced++;
 		return XDP_PASS;
 	}
 	once_per_jiffy(ctx, v, st, cpu);
-	if (schedule_pending(st))
+	current = !schedule_pending(st);
+	if (unlikely(!current))
 		schedule_build(BUILD_ONE_STEP);
 
 	if (lb_config.affinity_ns) {
 		pick = flow_pick(ctx, v, c, st, cpu);
 	} else {
-		pick = schedule_next(st, cpu);
+		pick = schedule_next(st, cpu, current);
 		if (pick)
 			pick = pick_alive(ctx, v, st, cpu, pick);
 	}
-	if (!pick) {
+	if (unlikely(!pick)) {
 		if (lb_config.drop_without_gateway) {
 			cpu->global.no_gateway_dropped++;
 			return XDP_DROP;

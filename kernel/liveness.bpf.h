@@ -133,19 +133,27 @@ __noinline int revive_checked(struct xdp_md *ctx, struct liveness_probe *p)
 	return 0;
 }
 
+/* Builds the probe for pick_checked. Declared here, not in pick_alive, so the compiler zeroes
+ * it on the stack only on this slow path, not on every datagram. */
+static __always_inline int pick_checked_probe(struct xdp_md *ctx, const struct udp_view *v, __u32 pick)
+{
+	struct liveness_probe p = { .pick = pick };
+
+	p.size = udp_tuple_of(v, &p.tuple);
+	return pick_checked(ctx, &p);
+}
+
 /* The pick, checked once per jiffy; another live gateway if its socket is gone (0: none). */
 static __always_inline __u32 pick_alive(struct xdp_md *ctx, const struct udp_view *v,
 					struct lb_state *st, struct cpu_data *cpu, __u32 pick)
 {
 	/* this CPU's counters of the gateway: a line the datagram writes anyway, and no other CPU does */
 	struct gateway_counters *gc = &cpu->gw[ITEM(ENTRY_SLOT(pick))];
-	struct liveness_probe p = { .pick = pick };
 
-	if (!lb_config.check_sockets || gc->checked_jiffies == cpu->jiffies)
+	if (likely(!lb_config.check_sockets || gc->checked_jiffies == cpu->jiffies))
 		return pick;
 	gc->checked_jiffies = cpu->jiffies;
-	p.size = udp_tuple_of(v, &p.tuple);
-	return pick_checked(ctx, &p);
+	return pick_checked_probe(ctx, v, pick);
 }
 
 /* Once per jiffy and CPU, while a gateway is down: looks for a socket on one down gateway. */

@@ -6,6 +6,9 @@
 /* Loads and stores the compiler must emit once, whole, where written (shared with other CPUs). */
 #define READ_ONCE(x)		(*(const volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v)	(*(volatile typeof(x) *)&(x) = (v))
+/* A branch the packet path rarely takes: the compiler lays the common case out straight. */
+#define unlikely(x)		__builtin_expect(!!(x), 0)
+#define likely(x)		__builtin_expect(!!(x), 1)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -499,8 +499,11 @@ static __always_inline int entry_is_live(struct lb_state *st, __u32 entry)
 }
 
 /* The next gateway for this CPU, as SCHED_ENTRY(slot, port); 0 when none is live.
- * The entry is read once, as one value, and checked against the live table. */
-static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data *cpu)
+ * The entry is read once, as one value, and checked against the live table unless the
+ * caller saw no build pending (current): every change of the table bumps version, and
+ * publish() stores published before sched_version, so the schedule read here was built
+ * from the table as it is and all its entries are live. */
+static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data *cpu, int current)
 {
 	__u32 published = READ_ONCE(st->published), key = published & (SCHED_BUFFERS - 1);
 	struct schedule *sched = bpf_map_lookup_elem(&lb_schedules, &key);
@@ -508,14 +511,14 @@ static __always_inline __u32 schedule_next(struct lb_state *st, struct cpu_data 
 
 	if (!sched)
 		return 0;
-	if (published != cpu->published)
+	if (unlikely(published != cpu->published))
 		adopt_schedule(cpu, published, READ_ONCE(sched->len));
 	pos = cpu->cursor;
-	if (pos >= cpu->len)
+	if (unlikely(pos >= cpu->len))
 		return live_fallback(st, pos);
 	cpu->cursor = pos + 1 < cpu->len ? pos + 1 : 0;
 	entry = READ_ONCE(sched->entry[POS(pos)]);
-	if (entry_is_live(st, entry))
+	if (likely(current || entry_is_live(st, entry)))
 		return entry;
 	cpu->global.stale_picks++;
 	return live_fallback(st, pos);
