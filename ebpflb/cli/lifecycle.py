@@ -156,7 +156,8 @@ def load(
         statics = f", {len(start.gateways)} static gateway(s)" if start.gateways else ""
         out.print(
             f"ebpflb loaded on {where}; service port {start.config.service_port}, registrations on "
-            f"{start.config.reg_port}{statics}, pins in {pin_path}"
+            f"{start.config.reg_port}{statics}, pins in {pin_path}",
+            soft_wrap=True,  # one line, also in a pipe: scripts read it
         )
 
     run(act)

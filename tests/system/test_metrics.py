@@ -75,7 +75,7 @@ def test_metrics_carry_exact_values_and_pass_promtool(netns: NetNS, pin_path: st
     assert value(s, "ebpflb_registrations_rejected_total", reason="not_owner") == 0
     assert value(s, "ebpflb_unbalanced_datagrams_total", reason="no_gateway_passed") == 0
     assert value(s, "ebpflb_gateways_expired_total") == 0
-    assert value(s, "ebpflb_schedule_rebuilds_total") >= 3
+    assert value(s, "ebpflb_schedule_rebuilds_total") >= 1  # changes close together share a build
     assert value(s, "ebpflb_flow_table_size") == 65536
     assert value(s, "ebpflb_flows_created_total") == 0
     assert value(s, "ebpflb_interface_attached", interface="lo", mode="skb") == 1
