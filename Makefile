@@ -10,7 +10,7 @@ BPF_SRCS := $(wildcard kernel/*.c kernel/*.h kernel/packet/*.h) vmlinux.h
 BPF_CFLAGS := -g -O2 -Wall -target bpf -mcpu=v3 -D__TARGET_ARCH_x86 \
 	-fdebug-prefix-map=$(CURDIR)=. -I. -Ikernel
 DEBIAN_PACKAGES := clang llvm libbpf-dev bpftool xdp-tools iproute2 ethtool socat dnsmasq-base bind9-dnsutils \
-	prometheus systemd
+	prometheus systemd curl
 
 .PHONY: all check-object deps venv lint test unit bench bench-e2e demo clean
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.kernel
 DEFAULT_PIN = re.compile(r"/sys/fs/bpf/ebpflb(?![-\w])")
 # commands this test runs; others (make, pip, mount, run, trace) are shown but not run here
 RUN_PREFIXES = ("ebpflb load", "ebpflb status", "ebpflb gateways", "ebpflb weights", "ebpflb object-path",
-                "ebpflb metrics", "ebpflb top",
+                "ebpflb metrics", "ebpflb top", "ebpflb exporter", "curl ",
                 "ebpflb unload", "python3 -c", "python3 examples/", "pkill ", "printf ", "xdp-loader ",
                 "rm -r /sys/fs/bpf/", "rm /tmp/ebpflb-")
 LIBXDP_DIR = "/sys/fs/bpf/xdp"
