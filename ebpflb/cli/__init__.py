@@ -28,6 +28,9 @@ def invoke(application: typer.Typer, argv: list[str], prog_name: str) -> None:
     except typer.Abort:
         err.print("[red]error:[/red] aborted", highlight=False)
         sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C before a command took over its own clean-up
+        err.print("[red]error:[/red] interrupted", highlight=False)
+        sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

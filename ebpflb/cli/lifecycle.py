@@ -135,9 +135,8 @@ def load(
     given = {k: v for k, v in locals().items() if k not in ("ctx", "config_path")}
     start = start_options(ctx, config_path, given)
     if start.options["userspace"]:  # user-space registrations need a process to receive them
-        raise UsageError(
-            "-u (userspace_registrations) needs a process to receive them: use `ebpflb run -u IFACE...` instead"
-        )
+        where = "-u" if userspace else f"{config_path}: userspace_registrations"
+        raise UsageError(f"{where} needs a process to receive registrations: use `ebpflb run -u IFACE...` instead")
     pin_path = start.pin_path
 
     def act() -> None:

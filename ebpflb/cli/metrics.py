@@ -11,7 +11,6 @@ import typer
 from ebpflb.cli.common import PinPath, UsageError, app, err, out, run
 from ebpflb.dataplane import default_pin_path
 from ebpflb.errors import EbpflbError
-from ebpflb.metrics.collector import exposition
 from ebpflb.metrics.exporter import DEFAULT_LISTEN, MetricsServer, parse_listen
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -25,6 +24,8 @@ Listen = Annotated[
 @app.command()
 def metrics(pin_path: PinPath = None) -> None:
     """Print the Prometheus metrics once (for node_exporter's textfile collector and scripts)."""
+    from ebpflb.metrics.collector import exposition  # prometheus-client: only for the commands that use it
+
     text, error = exposition(pin_path or default_pin_path())
     sys.stdout.write(text)
     if error:  # the exposition still says ebpflb_up 0, so a textfile stays truthful

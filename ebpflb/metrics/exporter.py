@@ -7,10 +7,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from prometheus_client.exposition import start_http_server
-
 from ebpflb.errors import EbpflbError
-from ebpflb.metrics.collector import registry_for
 
 DEFAULT_LISTEN = "127.0.0.1:9862"  # loopback: the metrics name the host's services; open it up on purpose
 
@@ -28,6 +25,11 @@ class MetricsServer:
     scrape that cannot read the instance serves `ebpflb_up 0`, and `report` hears why once."""
 
     def __init__(self, pin_path: str, listen: str, report: Callable[[str], None]) -> None:
+        # imported here: prometheus-client takes a tenth of the CLI's start-up, and most commands need none of it
+        from prometheus_client.exposition import start_http_server
+
+        from ebpflb.metrics.collector import registry_for
+
         host, port = parse_listen(listen)
         registry, self.collector = registry_for(pin_path, report)
         try:

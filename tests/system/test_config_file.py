@@ -55,7 +55,7 @@ def test_the_command_line_overrides_the_file(netns: NetNS, pin_path: str, tmp_pa
         ("load", "expiry = -3", "expiry: -3 is out of range"),
         ("run", "affinity_key = 'teid'", "affinity_key: 'teid' is not one of client, gtpu"),
         ("run", "[[gateway]]\nport = 2152", "gateway port 2152 is the service or the registration port"),
-        ("load", "userspace_registrations = true", "needs a process to receive them"),
+        ("load", "userspace_registrations = true", "userspace_registrations needs a process to receive registrations"),
         ("load", "service_port = 3000", "the service port and the registration port must differ"),
     ],
 )
