@@ -18,6 +18,7 @@ from ebpflb import __version__
 from ebpflb.bpf.layout import FLOW_TABLE_SIZE, RejectReason
 from ebpflb.dataplane import Instance, Snapshot
 from ebpflb.dataplane.attach import Attachment
+from ebpflb.dataplane.host import require_bpffs
 from ebpflb.errors import EbpflbError
 
 # (label value, GlobalCounters field): why a service datagram was passed or dropped unchanged
@@ -156,6 +157,7 @@ class InstanceCollector(Collector):
         build.add_metric([__version__], 1)
         yield build
         try:
+            require_bpffs(self.pin_path)  # without it, say so rather than "nothing is loaded"
             instance = Instance(self.pin_path)
             instance.check_netns()
             snap = instance.snapshot()  # expires stale gateways first, as `gateways` does
