@@ -63,6 +63,7 @@ class FakeInstance:
 def exported(monkeypatch: pytest.MonkeyPatch) -> tuple[set[str], set[str]]:
     """(every sample name the collector gives, the names of those that are counters)."""
     monkeypatch.setattr(collector, "Instance", FakeInstance)
+    monkeypatch.setattr(collector, "require_bpffs", lambda pin_path: None)  # no bpffs needed either
     families = list(collector.InstanceCollector("/nonexistent/ebpflb").collect())
     # the same families as snapshot_families gives directly, plus ebpflb_up and ebpflb_build_info
     direct = collector.snapshot_families(fake_snapshot(), FakeInstance("").attachments(), now=1_700_000_000.0)
