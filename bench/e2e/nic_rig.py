@@ -180,7 +180,10 @@ class NicRig:
             time.sleep(0.2)  # perf is up before the first frame
             self.injector.inject(self.harness.fd, self.frame, seconds)
             recorder.stop()
-            return recorder.shares((THREAD_NAME.decode(), f"ksoftirqd/{self.options.sender_cpu}"))
+            report = recorder.report((THREAD_NAME.decode(), f"ksoftirqd/{self.options.sender_cpu}"))
+            top = ", ".join(f"{symbol} {share:.1f} %" for symbol, share in perf_profile.top_self(report))
+            self.result.notes.append(f"profile of the injecting CPU, most self time: {top}")
+            return perf_profile.parse(report)
         except Exception as error:  # a profile is an extra: never fail the run for it
             self.result.notes.append(f"profile failed: {error}")
             return {}

@@ -52,13 +52,24 @@ class Recorder:
 
     def shares(self, comms: tuple[str, ...]) -> dict[str, float]:
         """Inclusive % of the samples of `comms` per symbol of interest."""
+        return parse(self.report(comms))
+
+    def report(self, comms: tuple[str, ...]) -> str:
+        """perf report of the samples of `comms` (inclusive and self % per symbol); the data
+        file is removed."""
         report = subprocess.run(
             ["perf", "report", "-i", self.data, "--comm", ",".join(comms), "--percentage", "relative",
              "--children", "--sort", "sym", "--stdio", "-g", "none"],
             capture_output=True, text=True, timeout=120, check=False).stdout
         if os.path.exists(self.data):
             os.unlink(self.data)
-        return parse(report)
+        return report
+
+
+def top_self(report: str, count: int = 8) -> list[tuple[str, float]]:
+    """The symbols with the most self time (% of the samples), highest first."""
+    own = [(m.group(3), float(m.group(2))) for m in map(LINE.match, report.splitlines()) if m]
+    return sorted(own, key=lambda item: -item[1])[:count]
 
 
 def parse(report: str) -> dict[str, float]:

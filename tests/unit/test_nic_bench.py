@@ -139,3 +139,19 @@ def test_results_round_trip_through_json() -> None:
     assert [p.as_dict() for p in back.points] == [p.as_dict() for p in r.points]
     assert back.saturation.replies == 1000
     assert back.ksoftirqd_points()[0].delivered == 900
+
+
+def test_profile_top_self_and_program_shares() -> None:
+    import perf_profile
+    report = """# Children      Self  Symbol
+    90.00%     0.00%  [k] xdp_test_run_batch
+    40.00%     2.00%  [k] __udp4_lib_rcv
+     9.00%     9.00%  [k] bpf_prog_0123abcd_ebpflb_xdp
+     1.50%     1.50%  [k] bpf_prog_89abcdef_replay
+    12.00%    12.00%  [k] memset
+"""
+    assert perf_profile.top_self(report, 2) == [("memset", 12.0), ("bpf_prog_0123abcd_ebpflb_xdp", 9.0)]
+    shares = perf_profile.parse(report)
+    assert shares["ebpflb program (self)"] == 9.0
+    assert shares["other BPF programs (self)"] == 1.5
+    assert shares["UDP receive"] == 40.0
