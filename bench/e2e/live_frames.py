@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -94,7 +95,6 @@ class Injector:
         return run_pinned(self.ns, body)
 
     def _inject(self, prog_fd: int, frame: bytes, seconds: float, calls: int | None) -> Injection:
-        import socket
         os.sched_setaffinity(0, {self.cpu})
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FIFO_PRIORITY))

@@ -385,4 +385,9 @@ CAVEATS = [
     "evidence of what each balancer adds to the datagram path.",
     "- CPU ns/dgram counts every busy CPU cycle of the machine, so it also catches other work on a "
     "shared machine; the *disturbed* column says how many points that may have touched.",
+    "- NIC-like: the injecting CPU is always fully busy (it injects as fast as it can), so there "
+    "CPU ns/dgram mostly mirrors the delivered rate; the gateways' CPU is the rest. The frames "
+    "come from `BPF_PROG_TEST_RUN`, not a driver: no DMA, no interrupts, no GRO, one receive "
+    "queue, so the absolute rates do not predict a physical NIC; the ratios between systems that "
+    "share this path are the result.",
 ]

@@ -104,7 +104,7 @@ def run_nic_gateway_count(systems: list, weights: list[int], run_tag: str, binar
                 log_nic_point(rig.result, rig.measure())
         if profile:
             for rig in rigs:
-                if rig.system.key in ("nic-spread", "nic-ebpflb", "nic-nftables"):
+                if rig.system.key in ("nic-spread", "nic-ebpflb", "nic-ebpflb-affinity", "nic-nftables"):
                     profiles[f"{rig.system.label}, N={len(weights)}"] = shares = rig.profile(PROFILE_SECONDS)
                     print(f"  profile {rig.system.label}: {shares}", flush=True)
     finally:
