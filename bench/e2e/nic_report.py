@@ -120,6 +120,9 @@ def target_checks(results: list[NicResult]) -> list[str]:
             if r is None or r.error:
                 continue
             value = paired_ratio(r, find(results, SPREAD, n))
+            if math.isnan(value):
+                lines.append(f"NIC-like, N={n}: {r.label}: no spread reference measured next to it")
+                continue
             lines.append(f"NIC-like, N={n}: {r.label} delivered {value:.3f} of the spread reference "
                          f"(paired); target >= {target} {verdict(value >= target)}")
         lb, nft = find(results, EBPFLB, n), find(results, NFTABLES, n)
