@@ -100,7 +100,7 @@ def change_rows(results: list[NicResult]) -> list[list[str]]:
             rows.append([r.label, str(len(r.ports)), "failed: " + r.error[:60]] + [""] * 6)
             continue
         seconds = sum(p.send_seconds for p in r.points) or 1
-        rebuilds = sum(p.counters.get("schedule_rebuilds", 0) for p in r.points if isinstance(p, NicPoint))
+        rebuilds = sum(p.counters.get("rebuilds", 0) for p in r.points if isinstance(p, NicPoint))
         rows.append([r.label, str(len(r.ports)), num(sat(r, "delivered_pps") / 1e3, ".0f"),
                      num(100 * sat(r, "loss"), ".3f"), str(sum(p.lost for p in r.points)),
                      f"{sum(p.changes for p in r.points) / seconds:.0f}", f"{rebuilds / seconds:.0f}",

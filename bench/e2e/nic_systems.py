@@ -24,8 +24,8 @@ AFFINITY_S = 3600  # no flow expires during the run
 # holds (256), far fewer than the flow table (65536), so flows are found in the table.
 AFFINITY_CLIENTS = 1024
 # Counters of ebpflb recorded per point (summed over CPUs).
-EBPFLB_COUNTERS = ("service", "no_gateway_passed", "forwarded", "stale_picks", "schedule_rebuilds",
-                   "replies_nat", "flows_created", "gateways_found_dead")
+EBPFLB_COUNTERS = ("service", "no_gateway_passed", "unbalanced", "forwarded", "stale_picks", "rebuilds",
+                   "replies_nat", "flows_created", "found_dead")
 
 
 @dataclass
