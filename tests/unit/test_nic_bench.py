@@ -155,3 +155,12 @@ def test_profile_top_self_and_program_shares() -> None:
     assert shares["ebpflb program (self)"] == 9.0
     assert shares["other BPF programs (self)"] == 1.5
     assert shares["UDP receive"] == 40.0
+
+
+def test_recorded_ebpflb_counters_are_fields_of_the_layout() -> None:
+    from nic_systems import EBPFLB_COUNTERS
+
+    from ebpflb.bpf.layout import GlobalCounters
+
+    names = {name for name, _ in GlobalCounters._fields_}
+    assert set(EBPFLB_COUNTERS) <= names
