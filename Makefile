@@ -61,7 +61,7 @@ bench: deps venv
 	$(PY) -m bench.micro
 
 bench-e2e: deps venv
-	$(PY) bench/e2e/run.py
+	$(PY) bench/e2e/run.py $(E2E_ARGS)
 
 demo: deps venv
 	$(PY) -m ebpflb.demo

@@ -36,11 +36,19 @@ class Counters:
 
 
 class EbpflbUnderTest:
-    def __init__(self, service_port: int, reg_port: int, affinity_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        service_port: int,
+        reg_port: int,
+        affinity_s: float = 0.0,
+        pin_path: str | None = None,
+        reply_nat: bool = True,
+    ) -> None:
         self.service_port = service_port
         self.reg_port = reg_port
         self.affinity_s = affinity_s
-        self.pin_path = f"{BPFFS}/ebpflb-microbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.reply_nat = reply_nat
+        self.pin_path = pin_path or f"{BPFFS}/ebpflb-microbench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.instance = Instance(self.pin_path)
         self.obj: libbpf.BpfObject | None = None
         self.xdp_fd = -1
@@ -50,7 +58,16 @@ class EbpflbUnderTest:
     def open(self) -> None:
         require_bpffs(self.pin_path)
         os.mkdir(self.pin_path)
-        config = config_for(self.service_port, self.reg_port, EXPIRY_S, False, False, False, affinity_s=self.affinity_s)
+        config = config_for(
+            self.service_port,
+            self.reg_port,
+            EXPIRY_S,
+            False,
+            False,
+            False,
+            reply_nat=self.reply_nat,
+            affinity_s=self.affinity_s,
+        )
         self.obj = libbpf.BpfObject(str(object_path()), pin_root=self.pin_path)
         ctypes.memmove(self.obj.section(CONFIG_SECTION), ctypes.addressof(config), ctypes.sizeof(config))
         self.obj.load()

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from ebpflb.bpf import libbpf
 
-from .micro_packets import UDP_OFFSET
+from .micro_packets import UDP_OFFSET, udp_fields
 
 BENCH_MAX_GATEWAYS = 256
 u16, u32, u64, s64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
@@ -88,6 +88,19 @@ class Replay(ReplayHarness):
         dest = frame[UDP_OFFSET + 2 : UDP_OFFSET + 4]
         check = frame[UDP_OFFSET + 6 : UDP_OFFSET + 8]
         super().__init__(path, "replay", struct.pack("<I", UDP_OFFSET) + dest + check)
+
+
+class ReplayClients(ReplayHarness):
+    """The harness of many clients (replay_clients.bpf.c): restores the destination port and
+    gives each frame the next of `clients` source ports, checksum kept valid."""
+
+    def __init__(self, path: Path, frame: bytes, clients: int) -> None:
+        if not 1 <= clients <= 65536 - udp_fields(frame).source:
+            raise ValueError(f"{clients} clients do not fit above source port {udp_fields(frame).source}")
+        fields = frame[UDP_OFFSET + 2 : UDP_OFFSET + 4] + frame[UDP_OFFSET + 6 : UDP_OFFSET + 8]
+        source = frame[UDP_OFFSET : UDP_OFFSET + 2]
+        config = struct.pack("<I", UDP_OFFSET) + fields + source + struct.pack("<H", clients)
+        super().__init__(path, "replay_clients", config)
 
 
 class PerCpuTable:

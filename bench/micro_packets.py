@@ -33,16 +33,25 @@ class UdpFields:
     check: int
 
 
-def udp4_frame(source_port: int, dest_port: int, payload: bytes) -> bytes:
-    """A frame from 127.0.0.1:source_port to 127.0.0.1:dest_port."""
+def udp4_frame(
+    source_port: int,
+    dest_port: int,
+    payload: bytes,
+    source: bytes = LOOPBACK,
+    dest: bytes = LOOPBACK,
+    source_mac: bytes = bytes([2, 0, 0, 0, 0, 1]),
+    dest_mac: bytes = bytes(6),
+) -> bytes:
+    """A frame from source:source_port to dest:dest_port (IPv4 addresses as 4 bytes; loopback
+    by default, as BPF_PROG_TEST_RUN on lo sees them)."""
     udp_length = UDP_HEADER + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_HEADER + udp_length, 0, 0, 64, 17, 0, LOOPBACK, LOOPBACK)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_HEADER + udp_length, 0, 0, 64, 17, 0, source, dest)
     ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    pseudo = LOOPBACK + LOOPBACK + struct.pack("!BBH", 0, 17, udp_length)
+    pseudo = source + dest + struct.pack("!BBH", 0, 17, udp_length)
     udp = struct.pack("!HHHH", source_port, dest_port, udp_length, 0) + payload
     check = checksum(pseudo + udp) or 0xFFFF  # a computed 0 is sent as 0xffff
     udp = udp[:6] + struct.pack("!H", check) + udp[8:]
-    ethernet = bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + struct.pack("!H", 0x0800)
+    ethernet = dest_mac + source_mac + struct.pack("!H", 0x0800)
     return ethernet + ip + udp
 
 

@@ -1,12 +1,17 @@
 """Network namespaces and the veth pair the benchmark runs in; nothing outside them is touched."""
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from ebpflb.netns import pid_alive
 
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
 PREFIX = "ebpflb-bench-"
 BPFFS = "/sys/fs/bpf"
 SENDER_ADDR = "10.199.0.1"
@@ -108,3 +113,35 @@ def link_mac(ns: str, dev: str) -> str:
     out = sh("ip", "-n", ns, "-o", "link", "show", dev)
     fields = out.split()
     return fields[fields.index("link/ether") + 1]
+
+
+def enter_namespace(name: str) -> None:
+    """Moves the calling thread (only it: setns(2) is per thread) into namespace `name`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def run_in_namespace(name: str, fn: Callable[[], T]) -> T:
+    """fn() in a thread of its own that entered namespace `name`; the thread ends with it, so
+    nothing else ever runs there. Its exception, if any, is raised here."""
+    outcome: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            enter_namespace(name)
+            outcome["value"] = fn()
+        except BaseException as error:  # handed to the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=body, name=f"in-{name}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

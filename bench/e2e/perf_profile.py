@@ -16,8 +16,15 @@ SYMBOLS = {
     "bpf_prog_run_generic_xdp": "XDP program run",
     "nft_do_chain": "nftables chain",
     "ip_finish_output2": "IP output + local receive",
+    # the NIC-like topology (BPF_PROG_TEST_RUN with live frames)
+    "xdp_test_run_batch": "live frames: XDP batch (all)",
+    "xdp_recv_frames": "skb build + stack receive",
+    "__udp4_lib_rcv": "UDP receive",
+    "page_pool_put_unrefed_netmem": "page pool recycle",
+    "kmem_cache_alloc_bulk_noprof": "skb alloc",
 }
 PROGRAM_PATTERN = re.compile(r"bpf_prog_\w+_ebpflb\w*")
+ANY_PROGRAM = re.compile(r"bpf_prog_[0-9a-f]+_\w+")
 LINE = re.compile(r"^\s*([\d.]+)%\s+([\d.]+)%\s+\[[k.]\]\s+(\S+)")
 
 
@@ -45,13 +52,24 @@ class Recorder:
 
     def shares(self, comms: tuple[str, ...]) -> dict[str, float]:
         """Inclusive % of the samples of `comms` per symbol of interest."""
+        return parse(self.report(comms))
+
+    def report(self, comms: tuple[str, ...]) -> str:
+        """perf report of the samples of `comms` (inclusive and self % per symbol); the data
+        file is removed."""
         report = subprocess.run(
             ["perf", "report", "-i", self.data, "--comm", ",".join(comms), "--percentage", "relative",
              "--children", "--sort", "sym", "--stdio", "-g", "none"],
             capture_output=True, text=True, timeout=120, check=False).stdout
         if os.path.exists(self.data):
             os.unlink(self.data)
-        return parse(report)
+        return report
+
+
+def top_self(report: str, count: int = 8) -> list[tuple[str, float]]:
+    """The symbols with the most self time (% of the samples), highest first."""
+    own = [(m.group(3), float(m.group(2))) for m in map(LINE.match, report.splitlines()) if m]
+    return sorted(own, key=lambda item: -item[1])[:count]
 
 
 def parse(report: str) -> dict[str, float]:
@@ -61,9 +79,10 @@ def parse(report: str) -> dict[str, float]:
         if not match:
             continue
         children, own, symbol = float(match.group(1)), float(match.group(2)), match.group(3)
-        if PROGRAM_PATTERN.fullmatch(symbol):
+        if ANY_PROGRAM.fullmatch(symbol):
             # Self time: call chains through JITed code are unreliable, its own cycles are not.
-            shares["ebpflb program (self)"] = own
+            key = "ebpflb program (self)" if PROGRAM_PATTERN.fullmatch(symbol) else "other BPF programs (self)"
+            shares[key] = shares.get(key, 0.0) + own
         elif symbol in SYMBOLS:
             shares[SYMBOLS[symbol]] = children
     return shares

@@ -42,9 +42,10 @@ class Gateways:
     """One process holding all N gateway sockets; counts per port are read on demand via SIGUSR1."""
 
     def __init__(self, binary: str, ns: str, ports: list[int], weights: list[int], cpu: int,
-                 register_port: int | None, poll_us: int, bind_ip: str = "0.0.0.0") -> None:
+                 register_port: int | None, poll_us: int, bind_ip: str = "0.0.0.0",
+                 echo: bool = False) -> None:
         argv = [binary, "-p", ",".join(map(str, ports)), "-b", bind_ip, "-c", str(cpu),
-                "-i", str(poll_us)]
+                "-i", str(poll_us)] + (["-e"] if echo else [])
         if register_port is not None:
             argv += ["-w", ",".join(map(str, weights)), "-r", str(register_port)]
         self.ports = ports

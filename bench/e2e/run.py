@@ -1,4 +1,5 @@
-"""End-to-end UDP load-balancer benchmark (issue 4): no LB, ebpflb, nftables and nginx.
+"""End-to-end UDP load-balancer benchmark: no LB, ebpflb, nftables and nginx behind a socket
+sender (issue 4), and a NIC-like topology that injects frames into XDP (issue 12).
 
 Run as root from the repository root: python3 bench/e2e/run.py  (make bench-e2e).
 Everything runs inside network namespaces this script creates and always removes again.
@@ -12,8 +13,11 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the repository root, for bench.micro_* (the replay harness and ebpflb's loader)
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import deps  # noqa: E402
 import netns  # noqa: E402
@@ -23,6 +27,10 @@ from cleanup import Cleanup  # noqa: E402
 from measure import SATURATION_REPEATS, SWEEP_FRACTIONS, ConfigResult, Options, Point  # noqa: E402
 from programs import compile_programs  # noqa: E402
 from rig import Rig  # noqa: E402
+
+TOPOLOGIES = ("socket", "nic")
+NIC_ROUNDS = 5
+WEIGHT_CHANGE_WEIGHTS = [1 + i % 4 for i in range(256)]
 
 PROFILE_SECONDS = 2.0
 WEIGHTS = {3: [1, 2, 3], 16: [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]}
@@ -81,12 +89,81 @@ def run_gateway_count(balancers: list[Balancer], weights: list[int], run_tag: st
     return [rig.result for rig in rigs]
 
 
+def run_nic_gateway_count(systems: list, weights: list[int], run_tag: str, binaries: dict[str, str],
+                          objects: dict[str, Path], options: Options, scratch: str, rounds: int,
+                          profile: bool, profiles: dict) -> list:
+    """The NIC-like topology for one N: all systems side by side, interleaved in rounds."""
+    from nic_rig import NicRig
+    print(f"== NIC-like, N={len(weights)} gateways, weights {weights}", flush=True)
+    rigs = [NicRig(s, weights, run_tag, binaries, objects, options, scratch) for s in systems]
+    try:
+        for rig in rigs:
+            rig.start()
+        for _round in range(rounds):
+            for rig in rigs:
+                log_nic_point(rig.result, rig.measure())
+        if profile:
+            for rig in rigs:
+                if rig.system.key in ("nic-spread", "nic-ebpflb", "nic-ebpflb-affinity", "nic-nftables"):
+                    profiles[f"{rig.system.label}, N={len(weights)}"] = shares = rig.profile(PROFILE_SECONDS)
+                    print(f"  profile {rig.system.label}: {shares}", flush=True)
+    finally:
+        for rig in rigs:
+            rig.stop()
+    return [rig.result for rig in rigs]
+
+
+def run_nic_weight_changes(run_tag: str, binaries: dict[str, str], objects: dict[str, Path],
+                           options: Options, scratch: str, rounds: int) -> list:
+    """ebpflb with 256 gateways: rounds alternate a run without and one with a weight change
+    every millisecond, on the same instance."""
+    from nic_measure import NicResult
+    from nic_report import CHANGES_KEY
+    from nic_rig import NicRig
+    from nic_systems import weight_change_system
+    from weight_changes import INTERVAL_S, WeightChanger
+    system = weight_change_system()
+    print(f"== NIC-like, {len(WEIGHT_CHANGE_WEIGHTS)} gateways, weight changes every "
+          f"{INTERVAL_S * 1e3:g} ms", flush=True)
+    rig = NicRig(system, WEIGHT_CHANGE_WEIGHTS, run_tag, binaries, objects, options, scratch)
+    changing = NicResult(CHANGES_KEY, f"{system.label}, a weight change every {INTERVAL_S * 1e3:g} ms",
+                         "nic", True, rig.result.ports, rig.result.weights)
+    try:
+        rig.start()
+        if rig.ok:
+            changer = WeightChanger(system.pin_path, rig.result.ports, rig.result.weights,
+                                    options.gateway_cpu)
+            for _round in range(rounds):
+                log_nic_point(rig.result, rig.measure())
+                log_nic_point(changing, rig.measure(during=changer))
+        changing.error = rig.result.error
+    finally:
+        rig.stop()
+    return [rig.result, changing]
+
+
+def log_nic_point(result, point) -> None:
+    if point is None:
+        return
+    result.points.append(point)
+    mode = " KSOFTIRQD" if point.ksoftirqd_mode else ""
+    print(f"  {result.label:44} delivered {point.delivered_pps / 1e3:7.1f} kpps  loss {100 * point.loss:6.3f} %  "
+          f"cpu {point.cpu_ns_per_datagram:5.0f} ns/dgram  ksoftirqd {100 * point.ksoftirqd_share:4.1f} %{mode}  "
+          f"csum err {point.udp_delta['InCsumErrors']}  rcvbuf err {point.udp_delta['RcvbufErrors']}"
+          + (f"  replies {point.replies}" if point.replies else "")
+          + (f"  changes {point.changes}" if point.changes else ""), flush=True)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.5, help="duration of each point")
     parser.add_argument("--payload", type=int, default=32, help="UDP payload bytes")
     parser.add_argument("--gateways", default="3,16", help="gateway counts to run (3 and/or 16)")
-    parser.add_argument("--systems", default="", help="comma-separated keys to run (default: all)")
+    parser.add_argument("--systems", default="",
+                        help="comma-separated keys to run (default: all); NIC-like keys start with nic-")
+    parser.add_argument("--topology", default="both", choices=("both", *TOPOLOGIES),
+                        help="socket: sender socket over veth; nic: frames injected into XDP; both")
+    parser.add_argument("--nic-rounds", type=int, default=NIC_ROUNDS, help="rounds of the NIC-like topology")
     parser.add_argument("--gateway-poll-us", type=int, default=1000,
                         help="gateways drain sockets every N us; 0 = block in epoll (wake-ups)")
     parser.add_argument("--no-profile", action="store_true",
@@ -122,9 +199,10 @@ def main() -> int:
     options = Options(seconds=args.seconds, payload=args.payload,
                       gateway_poll_us=args.gateway_poll_us)
     binaries = compile_programs(scratch)
-    balancers = all_balancers()
-    if args.systems:
-        wanted = set(args.systems.split(","))
+    wanted = set(args.systems.split(",")) if args.systems else None
+    topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
+    balancers = all_balancers() if "socket" in topologies else []
+    if wanted:
         balancers = [b for b in balancers if b.key in wanted]
     usable, reason = ebpflb_available()
     skipped = {}
@@ -135,16 +213,37 @@ def main() -> int:
     started = time.time()
     results = []
     profile = not args.no_profile and perf_profile.available()
-    for index, n in enumerate(int(v) for v in args.gateways.split(",")):
-        results += run_gateway_count(balancers, WEIGHTS[n], run_tag, binaries, options, scratch,
-                                     profile and index == 0)
+    counts = [int(v) for v in args.gateways.split(",")]
+    if balancers:
+        for index, n in enumerate(counts):
+            results += run_gateway_count(balancers, WEIGHTS[n], run_tag, binaries, options, scratch,
+                                         profile and index == 0)
+    nic_results: list = []
+    nic_profiles: dict = {}
+    if "nic" in topologies:
+        from nic_systems import WEIGHT_CHANGE_KEY, all_systems
+
+        from bench.micro_build import build_objects
+        objects_dir = Path(scratch) / "bpf"
+        objects_dir.mkdir()
+        objects = build_objects(objects_dir)
+        for index, n in enumerate(counts):
+            systems = [s for s in all_systems() if not wanted or s.key in wanted]
+            if systems:
+                nic_results += run_nic_gateway_count(systems, WEIGHTS[n], run_tag, binaries, objects, options,
+                                                     scratch, args.nic_rounds, profile and index == len(counts) - 1,
+                                                     nic_profiles)
+        if not wanted or WEIGHT_CHANGE_KEY in wanted:
+            nic_results += run_nic_weight_changes(run_tag, binaries, objects, options, scratch, args.nic_rounds)
     elapsed = time.time() - started
 
     if args.results:
         with open(args.results, "w") as handle:
             json.dump({"options": vars(options), "elapsed": elapsed, "skipped": skipped,
-                       "results": [r.as_dict() for r in results]}, handle, indent=1)
-    publish(results, options, skipped, elapsed, not args.no_docs)
+                       "results": [r.as_dict() for r in results],
+                       "nic": [r.as_dict() for r in nic_results], "nic_profiles": nic_profiles},
+                      handle, indent=1)
+    publish(results, options, skipped, elapsed, not args.no_docs, nic_results, nic_profiles)
     return 0
 
 
@@ -152,28 +251,45 @@ def report_only(args: argparse.Namespace) -> int:
     deps.ensure_python_module("matplotlib")
     with open(args.report_only) as handle:
         data = json.load(handle)
+    from nic_measure import NicResult
     results = [ConfigResult.from_dict(r) for r in data["results"]]
-    publish(results, Options(**data["options"]), data["skipped"], data["elapsed"], not args.no_docs)
+    nic_results = [NicResult.from_dict(r) for r in data.get("nic", [])]
+    publish(results, Options(**data["options"]), data["skipped"], data["elapsed"], not args.no_docs,
+            nic_results, data.get("nic_profiles", {}))
     return 0
 
 
 def publish(results: list[ConfigResult], options: Options, skipped: dict, elapsed: float,
-            docs: bool) -> None:
+            docs: bool, nic_results: list | None = None, nic_profiles: dict | None = None) -> None:
+    import nic_report
     import report  # after deps: it needs matplotlib
 
     table = report.build_table(results)
-    print()
-    print(report.format_text(table))
-    print()
-    for line in report.target_checks(table):
-        print(line)
+    if results:
+        print()
+        print("Socket-sender topology")
+        print(report.format_text(table))
+        print()
+        for line in report.target_checks(table):
+            print(line)
+    if nic_results:
+        print()
+        print("NIC-like topology")
+        print(report.format_rows(nic_report.HEADERS, nic_report.table_rows(nic_report.build_table(nic_results))))
+        changes = nic_report.change_rows(nic_results)
+        if changes:
+            print()
+            print(report.format_rows(nic_report.CHANGE_HEADERS, changes))
+        print()
+        for line in nic_report.target_checks(nic_results):
+            print(line)
     for key, why in skipped.items():
         print(f"skipped {key}: {why}")
     if docs:
         folder = os.path.join(REPO_ROOT, "docs")
-        report.write_plot(results, os.path.join(folder, "benchmarks.png"))
+        report.write_plot(results, os.path.join(folder, "benchmarks.png"), nic_results)
         report.write_markdown(results, table, options, skipped, elapsed,
-                              os.path.join(folder, "benchmarks.md"))
+                              os.path.join(folder, "benchmarks.md"), nic_results, nic_profiles)
         print(f"wrote {folder}/benchmarks.md and {folder}/benchmarks.png")
     print(f"measured for {elapsed:.0f} s")
 

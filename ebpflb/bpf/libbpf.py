@@ -388,6 +388,28 @@ def test_run(
     return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
 
 
+BPF_F_TEST_XDP_LIVE_FRAMES = 2  # uapi linux/bpf.h: act on the verdicts, as a driver would
+XDP_LIVE_MAX_BATCH = 256  # TEST_XDP_MAX_BATCH of net/bpf/test_run.c
+
+
+def test_run_live_frames(prog_fd: int, frame: bytes, repeat: int, batch_size: int, ingress_ifindex: int) -> None:
+    """Runs an XDP program on `repeat` copies of frame as if they arrived on ingress_ifindex
+    (a device of the caller's network namespace): XDP_PASS frames go up the stack as skbs,
+    XDP_TX and XDP_REDIRECT are carried out. The kernel returns no data, context or verdict."""
+    if not 1 <= batch_size <= XDP_LIVE_MAX_BATCH:
+        raise ValueError(f"batch_size {batch_size} is out of range 1-{XDP_LIVE_MAX_BATCH}")
+    opts = BpfTestRunOpts(
+        sz=ctypes.sizeof(BpfTestRunOpts), repeat=repeat, flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch_size
+    )
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
+    opts.data_in = ctypes.cast(data_in, ctypes.c_void_p)
+    opts.data_size_in = len(frame)
+    opts.ctx_in = ctypes.addressof(ctx)
+    opts.ctx_size_in = ctypes.sizeof(ctx)
+    check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "test run (live frames)")
+
+
 def run_syscall(prog_fd: int, ctx: ctypes.Structure) -> int:
     """Runs a syscall program once with ctx (written back in place); returns its return value."""
     opts = BpfTestRunOpts(sz=ctypes.sizeof(BpfTestRunOpts))
