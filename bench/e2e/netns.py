@@ -60,11 +60,13 @@ def remove_stale() -> None:
                 sh("rm", "-rf", os.path.join(BPFFS, entry), check=False)
 
 
-def ensure_bpffs() -> None:
+def ensure_bpffs() -> bool:
+    """Mounts bpffs if the machine has none; True if this call mounted it (to unmount after)."""
     with open("/proc/mounts") as mounts:
         if any(line.split()[1] == BPFFS and line.split()[2] == "bpf" for line in mounts):
-            return
+            return False
     sh("mount", "-t", "bpf", "bpf", BPFFS)
+    return True
 
 
 def create_namespace(name: str) -> None:

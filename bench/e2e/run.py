@@ -187,7 +187,8 @@ def main() -> int:
     cleanup.install()
     run_tag = f"{netns.PREFIX}{os.getpid()}"
     netns.remove_stale()
-    netns.ensure_bpffs()
+    if netns.ensure_bpffs():  # pushed first, so it runs last: the machine as it was found
+        cleanup.push("bpffs mount", lambda: netns.sh("umount", netns.BPFFS, check=False))
     scratch = tempfile.mkdtemp(prefix=f"{run_tag}-")
     cleanup.push("scratch dir", lambda: shutil.rmtree(scratch, ignore_errors=True))
     # Safety net: whatever a failed step left behind carries this run's tag.
