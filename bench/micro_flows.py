@@ -1,6 +1,7 @@
 """Section 5: flow affinity and reply NAT, each against its own harness's baseline in the same
 rounds. With --affinity: a datagram whose flow is in the table ("flow found": the same client
-every repetition), and one that starts a new flow (a harness that gives each repetition the
+every repetition; "many flows": the next of ACTIVE_FLOWS clients in turn, each already in the
+table), and one that starts a new flow (a harness that gives each repetition the
 next of a million clients: each misses the 65536-flow LRU table and is inserted, evicting). Reply NAT: ebpflb's tc
 egress program on a reply from a gateway's port, under a tc harness that restores the reply's
 source port and checksum, against a tc program that passes everything."""
@@ -17,7 +18,7 @@ from ebpflb.bpf.object_file import REPLY_NAT_PROGRAM
 
 from .micro_checks import XDP_PASS, expect, expect_rewritten, expect_verdict
 from .micro_ebpflb import EbpflbUnderTest, ebpflb_under_test
-from .micro_objects import BenchObjects, ReplayHarness
+from .micro_objects import BenchObjects, ReplayClients, ReplayHarness
 from .micro_packets import UDP_OFFSET, udp4_checksum_ok, udp4_frame, udp_fields
 from .micro_service import FIRST_GATEWAY_PORT, REG_PORT, SERVICE_PORT
 from .micro_timing import Case, measure_interleaved
@@ -26,6 +27,7 @@ TC_ACT_OK = 0
 GATEWAYS = 3
 AFFINITY_S = 3600  # no flow expires during the run
 CLIENT_PORT = 40000
+ACTIVE_FLOWS = 1024  # clients served in turn, as in make bench-e2e's affinity run
 
 
 class AnyPass:
@@ -41,11 +43,12 @@ class AnyPass:
 class Affinity:
     """Every repetition balanced; `new_flows` of them (per repeat) created a flow."""
 
-    def __init__(self, lb: EbpflbUnderTest, ports: list[int], new_flow_each: bool) -> None:
+    def __init__(self, lb: EbpflbUnderTest, ports: list[int], new_flow_each: bool, flows: int = 1) -> None:
         self.lb = lb
         self.ports = ports
         self.new_flow_each = new_flow_each
-        self.what = "balanced, a new flow each" if new_flow_each else "balanced, the flow found"
+        self.flows = flows  # distinct clients the harness cycles through
+        self.what = "balanced, a new flow each" if new_flow_each else f"balanced, each of {flows} flows found"
 
     def before(self) -> object:
         return self.lb.counters().global_
@@ -58,7 +61,7 @@ class Affinity:
         if self.new_flow_each:
             expect(created == repeat, f"{created} flows created in {repeat} new-flow datagrams")
         else:
-            expect(created <= 1, f"{created} flows created for one client")
+            expect(created <= self.flows, f"{created} flows created for {self.flows} clients")
         expect_rewritten(out, self.ports)
 
 
@@ -119,6 +122,7 @@ def run_flow_benchmarks(
     )
     ports = [FIRST_GATEWAY_PORT + i for i in range(GATEWAYS)]
     reply = udp4_frame(ports[0], CLIENT_PORT, bytes(range(32)))
+    clients = ReplayClients(paths["replay_clients"], service_frame, ACTIVE_FLOWS)
     tc = ReplayHarness(
         paths["tc_replay"],
         "tc_replay",
@@ -133,6 +137,15 @@ def run_flow_benchmarks(
                 "affinity-found": Case(
                     "affinity-found", lb.xdp_fd, service_frame, Affinity(lb, ports, False), objects.replay
                 ),
+                "pass-clients": Case("pass-clients", objects.pass_fd, service_frame, AnyPass(), clients),
+                "affinity-many": Case(
+                    "affinity-many",
+                    lb.xdp_fd,
+                    service_frame,
+                    Affinity(lb, ports, False, ACTIVE_FLOWS),
+                    clients,
+                    repeat_multiple=ACTIVE_FLOWS,
+                ),
                 "pass-new-flow": Case("pass-new-flow", objects.pass_fd, service_frame, AnyPass(), new_flow),
                 "affinity-new": Case("affinity-new", lb.xdp_fd, service_frame, Affinity(lb, ports, True), new_flow),
                 "tc-pass": Case("tc-pass", tc.obj.program_fd("tc_pass"), reply, TcUnchanged(reply), tc),
@@ -142,5 +155,6 @@ def run_flow_benchmarks(
             return FlowResult(cases)
     finally:
         new_flow.obj.close()
+        clients.obj.close()
         tc.obj.close()
 

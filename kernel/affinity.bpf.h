@@ -5,7 +5,7 @@
  * New flows follow the weights; a flow whose gateway left or died moves to a live one at its
  * next datagram. The table is an LRU hash of FLOW_TABLE_SIZE flows: when it is full, a new
  * flow takes the place of the one seen least recently. In front of it, each CPU remembers the
- * flows it found in the current jiffy (lb_flow_cache). */
+ * flows it found there lately (lb_flow_cache), so a steady flow asks the table only now and then. */
 #ifndef AFFINITY_BPF_H
 #define AFFINITY_BPF_H
 
@@ -41,7 +41,8 @@ static __always_inline __u32 flow_hash(const struct flow_key *k)
 {
 	__u32 h = k->addr[0] ^ k->addr[1] ^ k->addr[2] ^ k->addr[3] ^ k->teid ^ k->port;
 
-	return (h * 0x9E3779B1u) >> 24;	/* Fibonacci hashing: the top bits mix every input bit */
+	/* Fibonacci hashing: the top bits mix every input bit */
+	return (h * 0x9E3779B1u) >> (32 - 13);	/* 13 bits: FLOW_CACHE_BLOCKS * FLOW_CACHE_BLOCK slots */
 }
 
 static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)
@@ -50,7 +51,7 @@ static __always_inline int same_flow(const struct flow_key *a, const struct flow
 	       a->addr[3] == b->addr[3] && a->teid == b->teid && a->port == b->port && a->kind == b->kind;
 }
 
-/* flow_pick's way through the flow table (at most once per jiffy and CPU for a steady flow). */
+/* flow_pick's way through the flow table (for a steady flow, once per cache lifetime and CPU). */
 static __always_inline __u32 flow_pick_in_table(struct xdp_md *ctx, const struct udp_view *v,
 						struct lb_state *st, struct cpu_data *cpu,
 						struct flow_key *k)
@@ -100,27 +101,29 @@ static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view
 				       const struct hdr_cursor *c, struct lb_state *st,
 				       struct cpu_data *cpu)
 {
-	struct flow_cache_entry *cached = 0;
 	struct flow_key k = {};
-	struct flow_cache *fc;
-	__u32 pick;
+	struct flow_cache_entry *cached;
+	__u32 pick, tick, fresh;
 
 	flow_key_of(v, c, &k);
-	fc = flow_cache();
-	if (fc) {
-		cached = &fc->slot[flow_hash(&k) & (FLOW_CACHE_SIZE - 1)];
-		if (cached->jiffies == cpu->jiffies && same_flow(&cached->key, &k)) {
-			__u32 entry = cached->entry;
+	tick = cpu->now_ns >> FLOW_CACHE_TICK_SHIFT;
+	/* a cache hit does not refresh the flow's seen time in lb_flows, so an entry is used for
+	 * at most 1/16 of the affinity time: a flow expires at most that much early */
+	fresh = (lb_config.affinity_ns >> FLOW_CACHE_TICK_SHIFT) / 16;
+	if (fresh > FLOW_CACHE_TICKS)
+		fresh = FLOW_CACHE_TICKS;
+	cached = flow_cache_slot(flow_hash(&k));
+	if (cached && tick - cached->tick < fresh && same_flow(&cached->key, &k)) {
+		__u32 entry = cached->entry;
 
-			if (entry_is_live(st, entry) && pick_alive(ctx, v, st, cpu, entry) == entry)
-				return entry;
-		}
+		if (entry_is_live(st, entry) && pick_alive(ctx, v, st, cpu, entry) == entry)
+			return entry;
 	}
 	pick = flow_pick_in_table(ctx, v, st, cpu, &k);
 	if (pick && cached) {
 		cached->key = k;
 		cached->entry = pick;
-		cached->jiffies = cpu->jiffies;
+		cached->tick = tick;
 	}
 	return pick;
 }

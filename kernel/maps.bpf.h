@@ -46,27 +46,30 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_flows SEC(".maps");
 
-#define FLOW_CACHE_SIZE 256	/* power of two: flows each CPU remembers for the current jiffy */
+#define FLOW_CACHE_BLOCK 1024	/* power of two: entries of one block (32 KiB, the largest per-CPU value) */
+#define FLOW_CACHE_BLOCKS 8	/* power of two: blocks per CPU, so 8192 flows per CPU */
+#define FLOW_CACHE_TICK_SHIFT 20	/* cache ages count 2^20 ns (about 1 ms) ticks */
+#define FLOW_CACHE_TICKS 64	/* longest a cached flow is used without asking lb_flows */
 
-/* A flow's gateway as this CPU last found it in lb_flows, valid in that jiffy only. */
+/* A flow's gateway as this CPU last found it in lb_flows, and when (in cache ticks). */
 struct flow_cache_entry {
 	struct flow_key key;
 	__u32 entry;
-	__u32 pad;
-	__u64 jiffies;
+	__u32 tick;
 };
 
-struct flow_cache {
-	struct flow_cache_entry slot[FLOW_CACHE_SIZE];
+struct flow_cache_block {
+	struct flow_cache_entry slot[FLOW_CACHE_BLOCK];
 };
 
-/* Direct-mapped, per CPU, not pinned: a steady flow looks up lb_flows once per jiffy and CPU,
- * which keeps its seen time fresh, and in between costs a hash and a compare. */
+/* Direct-mapped, per CPU, not pinned: a steady flow looks up lb_flows (which refreshes its seen
+ * time) once per FLOW_CACHE_TICKS or 1/16 of the affinity time, whichever is shorter, and in
+ * between costs a hash and a compare. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FLOW_CACHE_BLOCKS);
 	__type(key, __u32);
-	__type(value, struct flow_cache);
+	__type(value, struct flow_cache_block);
 } lb_flow_cache SEC(".maps");
 
 struct {
@@ -149,11 +152,13 @@ static __always_inline struct cpu_data *this_cpu_data(void)
 	return bpf_map_lookup_elem(&lb_percpu, &zero);
 }
 
-static __always_inline struct flow_cache *flow_cache(void)
+/* The cache slot for a flow hash, in this CPU's block. */
+static __always_inline struct flow_cache_entry *flow_cache_slot(__u32 hash)
 {
-	__u32 zero = 0;
+	__u32 block = (hash / FLOW_CACHE_BLOCK) & (FLOW_CACHE_BLOCKS - 1);
+	struct flow_cache_block *b = bpf_map_lookup_elem(&lb_flow_cache, &block);
 
-	return bpf_map_lookup_elem(&lb_flow_cache, &zero);
+	return b ? &b->slot[hash & (FLOW_CACHE_BLOCK - 1)] : 0;
 }
 
 static __always_inline struct build_scratch *build_scratch(void)

@@ -120,3 +120,59 @@ def test_a_full_table_takes_new_flows_in_place_of_the_least_recent(affinity) -> 
     counters = dp.counters()
     assert counters["flows_created"] == clients
     assert counters["service"] == clients
+
+
+def client_frames(count: int) -> list[bytes]:
+    """One datagram of each of `count` clients, distinct source addresses 127.x.y.z (built
+    by hand: Scapy would take most of the time; no checksum is verified here)."""
+    template = bytearray(P.udp4(P.SERVICE_PORT, sport=30000))
+    frames = []
+    for client in range(count):
+        template[27:30] = (client + 1).to_bytes(3, "big")
+        frames.append(bytes(template))
+    return frames
+
+
+def gateway_of(out: bytes) -> int:
+    return int.from_bytes(out[36:38], "big")  # Ethernet 14 + IPv4 20, then the UDP destination port
+
+
+@pytest.mark.parametrize("affinity", [(60, "client")], indirect=True)
+def test_many_flows_in_turn_keep_their_gateways_and_move_when_one_leaves(affinity) -> None:
+    """More flows than one cache block, each seen in turn (as a busy GTP-U or QUIC front does):
+    every datagram of a flow reaches one gateway, flows split exactly by weight, and when a
+    gateway leaves, exactly its flows move (past the per-CPU cache that holds them)."""
+    dp, _ = affinity
+    frames = client_frames(6 * 683)  # a whole number of the 1, 2, 3 schedule's 6-pick cycles
+    seen: dict[int, set[int]] = defaultdict(set)
+    for _ in range(3):
+        for client, frame in enumerate(frames):
+            verdict, out = dp.run(frame)
+            assert verdict == XDP_PASS
+            seen[client].add(gateway_of(out))
+    assert all(len(ports) == 1 for ports in seen.values())
+    home = {client: next(iter(ports)) for client, ports in seen.items()}
+    assert Counter(home.values()) == {7001: 683, 7002: 1366, 7003: 2049}
+    dp.instance.control(CtlOp.SET_WEIGHT, 7003, 0)
+    after = {client: gateway_of(dp.run(frame)[1]) for client, frame in enumerate(frames)}
+    assert all(after[c] == home[c] for c in home if home[c] != 7003)
+    assert {after[c] for c in home if home[c] == 7003} <= {7001, 7002}
+    counters = dp.counters()
+    assert (counters["flows_created"], counters["flows_moved"], counters["flows_expired"]) == (len(frames), 2049, 0)
+
+
+@pytest.mark.parametrize("affinity", [(0.5, "client")], indirect=True)
+def test_a_flow_served_from_the_cache_stays_while_active_and_expires_when_idle(affinity) -> None:
+    """The per-CPU cache must neither let an active flow expire in the table (its hits do not
+    write the seen time) nor keep an idle one past the affinity time."""
+    dp, run = affinity
+    frame = P.udp4(P.SERVICE_PORT, sport=20000)
+    first = run(frame)
+    end = time.monotonic() + 1.2  # active for more than twice the affinity time, a datagram every 10 ms
+    while time.monotonic() < end:
+        assert run(frame) == first
+        time.sleep(0.01)
+    assert (dp.counters()["flows_created"], dp.counters()["flows_expired"]) == (1, 0)
+    time.sleep(0.7)  # idle for longer than the affinity time
+    run(frame)
+    assert (dp.counters()["flows_created"], dp.counters()["flows_expired"]) == (1, 1)
