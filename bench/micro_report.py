@@ -332,8 +332,8 @@ def flows_table(result: FlowResult, rounds: int) -> tuple[TableData, list[Verdic
         ["Datagram", "Baseline", "Baseline ns", "ebpflb ns", "ebpflb − baseline", "Target"],
         note="Each row against its own harness and baseline, run in the same rounds. Flow found: one client "
         "every repetition, under the replay harness of section 1, --affinity on (3 gateways). Many flows: a harness "
-        f"that gives each repetition the next of {ACTIVE_FLOWS} client ports in turn (as make bench-e2e's affinity run), "
-        "every flow already in the table after the first cycle, so it measures the per-CPU flow cache in front of "
+        f"that gives each repetition the next of {ACTIVE_FLOWS} client ports in turn (as make bench-e2e's affinity "
+        "run), every flow already in the table after the first cycle, so it measures the per-CPU flow cache in front of "
         "the table. New flow: a harness "
         "that also gives each repetition the next of a million clients (source address and port, checksums "
         "updated), so each datagram misses the 65536-flow LRU table, is scheduled and inserted (the table is full "
