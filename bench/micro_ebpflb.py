@@ -99,11 +99,13 @@ class EbpflbUnderTest:
         sock.bind(("127.0.0.1", port))
         self.sockets.append(sock)
 
-    def add_static_owned_by_loopback(self, ports: Sequence[int], weights: Sequence[int]) -> None:
+    def add_static_owned_by_loopback(self, ports: Sequence[int], weights: Sequence[int], listen: bool = True) -> None:
         """Registered from 127.0.0.1, so registration datagrams from there (the benchmark's
-        frames) may change them, then made static, so none expires during the run."""
+        frames) may change them, then made static, so none expires during the run. Without
+        `listen` the gateways' sockets are the caller's (elsewhere, e.g. in a namespace)."""
         for port, weight in zip(ports, weights):
-            self.listen(port)
+            if listen:
+                self.listen(port)
             with control_fd(self.instance.pin_path) as fd:  # as `run -u` hands a received registration on
                 if apply(fd, Registration(4, "127.0.0.1", port, 1, struct.pack("!I", weight))) is not None:
                     raise RuntimeError(f"the registration of gateway {port} was refused")

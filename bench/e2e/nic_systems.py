@@ -20,8 +20,8 @@ from ebpflb.bpf.object_file import REPLY_NAT_PROGRAM
 from ebpflb.dataplane.reply_nat import sync_reply_nat
 
 AFFINITY_S = 3600  # no flow expires during the run
-# Source ports the affinity run's frames cycle through: more flows than the per-CPU flow cache
-# holds (256), far fewer than the flow table (65536), so flows are found in the table.
+# Source ports the affinity run's frames cycle through: far fewer than the flow table (65536), so
+# every flow is found, mostly in the per-CPU flow cache (8192) in front of it.
 AFFINITY_CLIENTS = 1024
 # Counters of ebpflb recorded per point (summed over CPUs).
 EBPFLB_COUNTERS = ("service", "no_gateway_passed", "unbalanced", "forwarded", "stale_picks", "rebuilds",
@@ -121,8 +121,10 @@ class Ebpflb(NicSystem):
     """The shipped object, loaded with ebpflb's own loader over a pin directory of this run,
     static gateways added through its control program."""
 
-    def __init__(self, key: str, label: str, affinity: bool = False, reply_nat: bool = False) -> None:
+    def __init__(self, key: str, label: str, affinity: bool = False, reply_nat: bool = False,
+                 owned_by_loopback: bool = False) -> None:
         super().__init__()
+        self.owned_by_loopback = owned_by_loopback  # registrations from 127.0.0.1 may re-weight them
         self.key = key
         self.label = label
         self.affinity = affinity
@@ -136,8 +138,11 @@ class Ebpflb(NicSystem):
         self.lb = EbpflbUnderTest(SERVICE_PORT, REGISTRATION_PORT, AFFINITY_S if self.affinity else 0.0,
                                   pin_path=pin_path, reply_nat=self.reply_nat)
         self.lb.open()
-        for port, weight in zip(env.ctx.ports, env.ctx.weights):
-            self.lb.instance.control(CtlOp.ADD_STATIC, port, weight)
+        if self.owned_by_loopback:
+            self.lb.add_static_owned_by_loopback(env.ctx.ports, env.ctx.weights, listen=False)
+        else:
+            for port, weight in zip(env.ctx.ports, env.ctx.weights):
+                self.lb.instance.control(CtlOp.ADD_STATIC, port, weight)
         if self.reply_nat:
             # Replies leave on the injecting device: its egress gets the tc program, as `load` does.
             lb = self.lb
@@ -148,6 +153,10 @@ class Ebpflb(NicSystem):
     @property
     def pin_path(self) -> str:
         return self.lb.pin_path if self.lb else ""
+
+    @property
+    def xdp_fd(self) -> int:
+        return self.lb.xdp_fd if self.lb else -1
 
     def counters(self) -> dict[str, int]:
         if self.lb is None:
@@ -178,4 +187,4 @@ def all_systems() -> list[NicSystem]:
 
 
 def weight_change_system() -> Ebpflb:
-    return Ebpflb(WEIGHT_CHANGE_KEY, f"ebpflb, {WEIGHT_CHANGE_GATEWAYS} gateways")
+    return Ebpflb(WEIGHT_CHANGE_KEY, f"ebpflb, {WEIGHT_CHANGE_GATEWAYS} gateways", owned_by_loopback=True)

@@ -115,31 +115,41 @@ def run_nic_gateway_count(systems: list, weights: list[int], run_tag: str, binar
 
 def run_nic_weight_changes(run_tag: str, binaries: dict[str, str], objects: dict[str, Path],
                            options: Options, scratch: str, rounds: int) -> list:
-    """ebpflb with 256 gateways: rounds alternate a run without and one with a weight change
-    every millisecond, on the same instance."""
+    """ebpflb with 256 gateways: rounds alternate a run without changes, one with a weight
+    change every millisecond as the gateways' registration datagrams, and one with the same
+    changes through the control program, on the same instance."""
+    from balancers import REGISTRATION_PORT
     from nic_measure import NicResult
-    from nic_report import CHANGES_KEY
+    from nic_report import CHANGES_KEY, CONTROL_CHANGES_KEY
     from nic_rig import NicRig
     from nic_systems import weight_change_system
-    from weight_changes import INTERVAL_S, WeightChanger
+    from weight_changes import INTERVAL_S, VIA_CONTROL, VIA_REGISTRATION, WeightChanger
     system = weight_change_system()
     print(f"== NIC-like, {len(WEIGHT_CHANGE_WEIGHTS)} gateways, weight changes every "
           f"{INTERVAL_S * 1e3:g} ms", flush=True)
     rig = NicRig(system, WEIGHT_CHANGE_WEIGHTS, run_tag, binaries, objects, options, scratch)
-    changing = NicResult(CHANGES_KEY, f"{system.label}, a weight change every {INTERVAL_S * 1e3:g} ms",
-                         "nic", True, rig.result.ports, rig.result.weights)
+    every = f"a weight change every {INTERVAL_S * 1e3:g} ms"
+    changing = {
+        VIA_REGISTRATION: NicResult(CHANGES_KEY, f"{system.label}, {every} (registrations)", "nic", True,
+                                    rig.result.ports, rig.result.weights),
+        VIA_CONTROL: NicResult(CONTROL_CHANGES_KEY, f"{system.label}, {every} (control program)", "nic", True,
+                               rig.result.ports, rig.result.weights),
+    }
     try:
         rig.start()
         if rig.ok:
-            changer = WeightChanger(system.pin_path, rig.result.ports, rig.result.weights,
-                                    options.gateway_cpu)
+            changers = {via: WeightChanger(system.pin_path, rig.result.ports, rig.result.weights,
+                                           options.gateway_cpu, via, system.xdp_fd, REGISTRATION_PORT)
+                        for via in changing}
             for _round in range(rounds):
                 log_nic_point(rig.result, rig.measure())
-                log_nic_point(changing, rig.measure(during=changer))
-        changing.error = rig.result.error
+                for via, result in changing.items():
+                    log_nic_point(result, rig.measure(during=changers[via]))
+        for result in changing.values():
+            result.error = rig.result.error
     finally:
         rig.stop()
-    return [rig.result, changing]
+    return [rig.result, *changing.values()]
 
 
 def log_nic_point(result, point) -> None:

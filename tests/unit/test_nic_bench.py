@@ -109,18 +109,22 @@ def test_targets_and_table() -> None:
         result("nic-nftables", [700] * 3, cpu_ns=1300.0),
         result(WEIGHT_CHANGE_KEY, [1000] * 3, weights=[1] * WEIGHT_CHANGE_GATEWAYS),
         result(nic_report.CHANGES_KEY, [960] * 3, weights=[1] * WEIGHT_CHANGE_GATEWAYS, changes=2000),
+        result(nic_report.CONTROL_CHANGES_KEY, [870] * 3, weights=[1] * WEIGHT_CHANGE_GATEWAYS, changes=2000),
     ]
     lines = nic_report.target_checks(results)
     assert any("ebpflb per" not in line and "nic-ebpflb delivered 0.985" in line and "met" in line for line in lines)
     assert any("nic-ebpflb-affinity delivered 0.940" in line and "MISSED" in line for line in lines)
     assert any("1.41x nftables" in line and "lower met" in line for line in lines)
-    assert any("a weight change every 1 ms: delivered 0.960" in line and "lost 0 of" in line for line in lines)
+    assert any("every 1 ms as registration datagrams: delivered 0.960" in line and "target >= 0.95 met" in line
+               and "lost 0 of" in line for line in lines)
+    assert any("every 1 ms through the control program: delivered 0.870" in line and "target" not in line
+               for line in lines)
     rows = nic_report.build_table(results)
     ebpflb = next(r for r in rows if r["key"] == "nic-ebpflb")
     assert ebpflb["vs_ceiling"] == pytest.approx(985 / 1200)
     assert math.isnan(next(r for r in rows if r["key"] == "nic-ceiling")["weight_err"])
     assert len(nic_report.table_rows(rows)) == 5  # the weight-change runs have a table of their own
-    assert len(nic_report.change_rows(results)) == 2
+    assert len(nic_report.change_rows(results)) == 3
 
 
 def test_loss_under_weight_changes_misses_the_target() -> None:
