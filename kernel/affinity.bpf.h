@@ -103,17 +103,11 @@ static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view
 {
 	struct flow_key k = {};
 	struct flow_cache_entry *cached;
-	__u32 pick, tick, fresh;
+	__u32 pick, fresh;
 
 	flow_key_of(v, c, &k);
-	tick = cpu->now_ns >> FLOW_CACHE_TICK_SHIFT;
-	/* a cache hit does not refresh the flow's seen time in lb_flows, so an entry is used for
-	 * at most 1/16 of the affinity time: a flow expires at most that much early */
-	fresh = (lb_config.affinity_ns >> FLOW_CACHE_TICK_SHIFT) / 16;
-	if (fresh > FLOW_CACHE_TICKS)
-		fresh = FLOW_CACHE_TICKS;
 	cached = flow_cache_slot(flow_hash(&k));
-	if (cached && tick - cached->tick < fresh && same_flow(&cached->key, &k)) {
+	if (cached && (__s32)(cached->until - cpu->flow_tick) > 0 && same_flow(&cached->key, &k)) {
 		__u32 entry = cached->entry;
 
 		if (entry_is_live(st, entry) && pick_alive(ctx, v, st, cpu, entry) == entry)
@@ -121,9 +115,12 @@ static __always_inline __u32 flow_pick(struct xdp_md *ctx, const struct udp_view
 	}
 	pick = flow_pick_in_table(ctx, v, st, cpu, &k);
 	if (pick && cached) {
+		/* a cache hit does not refresh the flow's seen time in lb_flows, so an entry is used
+		 * for at most 1/16 of the affinity time: a flow expires at most that much early */
+		fresh = (lb_config.affinity_ns >> FLOW_CACHE_TICK_SHIFT) / 16;
 		cached->key = k;
 		cached->entry = pick;
-		cached->tick = tick;
+		cached->until = cpu->flow_tick + (fresh < FLOW_CACHE_TICKS ? fresh : FLOW_CACHE_TICKS);
 	}
 	return pick;
 }

@@ -75,6 +75,7 @@ static __always_inline void once_per_jiffy(struct xdp_md *ctx, const struct udp_
 	cpu->jiffies = jiffies;
 	now = bpf_ktime_get_coarse_ns();
 	cpu->now_ns = now;
+	cpu->flow_tick = now >> FLOW_CACHE_TICK_SHIFT;
 	if (now >= st->next_expiry_ns)
 		expire_gateways(now);
 	revive_sweep(ctx, v, st);

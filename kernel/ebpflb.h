@@ -190,7 +190,7 @@ struct cpu_data {
 	__u32 cursor;			/* next position in the schedule; kept across publications */
 	__u32 published;		/* lb_state.published the cursor belongs to */
 	__u32 len;			/* length of that schedule */
-	__u32 pad;
+	__u32 flow_tick;		/* now_ns in flow cache ticks (maps.bpf.h), at that jiffy */
 	__u64 jiffies;			/* when this CPU last compared the clock with the expiry deadline */
 	__u64 now_ns;			/* CLOCK_MONOTONIC_COARSE read at that jiffy */
 	struct locality_cache locality;

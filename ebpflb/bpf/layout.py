@@ -181,7 +181,7 @@ class CpuData(ctypes.Structure):
         ("cursor", u32),
         ("published", u32),
         ("len", u32),
-        ("pad", u32),
+        ("flow_tick", u32),
         ("jiffies", u64),
         ("now_ns", u64),
         ("locality", LocalityCache),
