@@ -41,8 +41,7 @@ static __always_inline __u32 flow_hash(const struct flow_key *k)
 {
 	__u32 h = k->addr[0] ^ k->addr[1] ^ k->addr[2] ^ k->addr[3] ^ k->teid ^ k->port;
 
-	/* Fibonacci hashing: the top bits mix every input bit */
-	return (h * 0x9E3779B1u) >> (32 - 13);	/* 13 bits: FLOW_CACHE_BLOCKS * FLOW_CACHE_BLOCK slots */
+	return (h * 0x9E3779B1u) >> (32 - FLOW_CACHE_BITS);	/* Fibonacci hashing: the top bits mix every input bit */
 }
 
 static __always_inline int same_flow(const struct flow_key *a, const struct flow_key *b)

@@ -48,8 +48,9 @@ struct {
 
 #define FLOW_CACHE_BLOCK 1024	/* power of two: entries of one block (32 KiB, the largest per-CPU value) */
 #define FLOW_CACHE_BLOCKS 8	/* power of two: blocks per CPU, so 8192 flows per CPU */
+#define FLOW_CACHE_BITS 13	/* log2(FLOW_CACHE_BLOCKS * FLOW_CACHE_BLOCK): bits of a flow's hash */
 #define FLOW_CACHE_TICK_SHIFT 20	/* cache ages count 2^20 ns (about 1 ms) ticks */
-#define FLOW_CACHE_TICKS 64	/* longest a cached flow is used without asking lb_flows */
+#define FLOW_CACHE_TICKS 64	/* longest a cached flow is used without asking lb_flows (67 ms) */
 
 /* A flow's gateway as this CPU last found it in lb_flows, and until when it may be used. */
 struct flow_cache_entry {
