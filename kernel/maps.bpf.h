@@ -65,8 +65,8 @@ struct flow_cache_block {
 
 /* Direct-mapped, per CPU, not pinned: a steady flow looks up lb_flows (which refreshes its seen
  * time) once per FLOW_CACHE_TICKS or 1/16 of the affinity time, whichever is shorter, and in
- * between costs a hash and two compares. The stale tick is kept rather than the fill time so
- * that a hit compares with the CPU's tick of this jiffy and computes nothing (measured: 8 ns). */
+ * between costs a hash and two compares. The stale tick is kept rather than the fill time, so
+ * a hit only compares it with the CPU's tick of this jiffy. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FLOW_CACHE_BLOCKS);
