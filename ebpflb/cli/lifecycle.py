@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
@@ -142,22 +143,25 @@ def load(
     def act() -> None:
         refuse_if_unreachable_or_owned(pin_path, start.interfaces)
         instance = Instance(pin_path)
+        # Until the line saying it is loaded is out, a signal must not kill silently: load
+        # detaches what it attached, and an interruption after the load says it is loaded.
         try:
-            with termination_as_interrupt():  # so that load detaches what it attached
+            with termination_as_interrupt():
                 attached = instance.load(start.interfaces, start.config, start.mode)
+                add_static_gateways(instance, start.gateways)
+                where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
+                statics = f", {len(start.gateways)} static gateway(s)" if start.gateways else ""
+                out.print(
+                    f"ebpflb loaded on {where}; service port {start.config.service_port}, registrations on "
+                    f"{start.config.reg_port}{statics}, pins in {pin_path}",
+                    soft_wrap=True,  # one line, also in a pipe: scripts read it
+                )
+                sys.stdout.flush()  # out before the default handlers are back
         except KeyboardInterrupt:
             if instance.attachments():  # it came after the load had finished
                 loaded = f"interrupted, but ebpflb was loaded at {pin_path}: `ebpflb unload` removes it"
                 raise EbpflbError(loaded) from None
             raise
-        add_static_gateways(instance, start.gateways)
-        where = ", ".join(f"{a.ifname} ({a.mode})" for a in attached)
-        statics = f", {len(start.gateways)} static gateway(s)" if start.gateways else ""
-        out.print(
-            f"ebpflb loaded on {where}; service port {start.config.service_port}, registrations on "
-            f"{start.config.reg_port}{statics}, pins in {pin_path}",
-            soft_wrap=True,  # one line, also in a pipe: scripts read it
-        )
 
     run(act)
 
