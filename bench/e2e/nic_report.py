@@ -220,6 +220,8 @@ def method_lines(options) -> list[str]:
 def write_panels(axes, results: list[NicResult]) -> None:
     """Three panels of the plot's second row: delivered rate and CPU per datagram per system
     and N, and every point's rate against its ksoftirqd share (the two modes)."""
+    from report import style_bar_axes  # the caller's module: loaded, with matplotlib
+
     ok = [r for r in results if not r.error and r.saturation and not r.key.startswith(WEIGHT_CHANGE_KEY)]
     labels = list(dict.fromkeys(r.label for r in ok))
     counts = sorted({len(r.ports) for r in ok})
@@ -232,11 +234,7 @@ def write_panels(axes, results: list[NicResult]) -> None:
         axes[0].bar(xs, rate, width, color=f"C{index}", label=f"N={n}")
         bars = axes[1].bar(xs, cpu, width, color=f"C{index}", label=f"N={n}")
         axes[1].bar_label(bars, fmt="%.0f", fontsize=7, rotation=90, padding=2)
-    for axis in axes[:2]:
-        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
-        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        axis.legend(fontsize=8)
-        axis.grid(axis="y", alpha=0.3)
+    style_bar_axes(axes[:2], labels, width)
     axes[0].set_ylabel("delivered datagrams/s (thousands)")
     axes[0].set_title("NIC-like: delivered rate (median of normal points)")
     axes[1].set_ylabel("busy CPU ns per delivered datagram")

@@ -153,6 +153,15 @@ def write_plot(results: list[ConfigResult], path: str, nic_results: list | None 
     plt.close(figure)
 
 
+def style_bar_axes(axes, labels: list[str], width: float) -> None:
+    """Grouped bars, one group per system label: ticks under the groups, legend, grid."""
+    for axis in axes:
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
+        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        axis.legend(fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
+
+
 def socket_panels(axes, results: list[ConfigResult]) -> None:
     ok = [r for r in results if not r.error and r.saturation]
     labels = list(dict.fromkeys(r.label for r in ok))
@@ -170,11 +179,7 @@ def socket_panels(axes, results: list[ConfigResult]) -> None:
         bars = axes[1].bar(xs, cpu, width, color=f"C{index}", label=f"N={n}")
         # Labels, since nginx's bar squeezes the kernel-path systems' differences.
         axes[1].bar_label(bars, fmt="%.2f", fontsize=7, rotation=90, padding=2)
-    for axis in axes[:2]:
-        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))])
-        axis.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        axis.legend(fontsize=8)
-        axis.grid(axis="y", alpha=0.3)
+    style_bar_axes(axes[:2], labels, width)
     axes[0].set_ylabel("delivered datagrams/s (thousands)")
     axes[0].set_title("Socket sender: throughput")
     axes[1].set_ylabel("busy CPU µs per delivered datagram (saturation)")

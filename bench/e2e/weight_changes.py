@@ -76,9 +76,8 @@ class WeightChanger:
 
     def _set(self, fd: int, port: int, weight: int) -> None:
         if self.via == VIA_REGISTRATION:
-            ctx = libbpf.XdpMd(data=0, data_end=0, ingress_ifindex=LO_IFINDEX)
             frame = registration_frame(port, self.reg_port, weight)
-            ctx.data_end = len(frame)
+            ctx = libbpf.XdpMd(data=0, data_end=len(frame), ingress_ifindex=LO_IFINDEX)
             # consumed (XDP_DROP) also when refused: the run's registration counters tell those apart
             accepted = libbpf.test_run(self.xdp_fd, frame, ctx=ctx)[0] == XDP_DROP
         else:
