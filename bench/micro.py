@@ -120,7 +120,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         try:
             groups = run_service_benchmarks(objects, service_frame, other_frame, args.rounds, round_s, progress)
             flows = run_flow_benchmarks(objects, paths, service_frame, args.rounds, round_s, progress)
-            rebuilds = run_rebuild_benchmarks(args.changes, service_frame, objects.replay, cpu, progress)
+            rebuilds = run_rebuild_benchmarks(
+                args.changes, service_frame, objects.replay, objects.pass_fd, cpu, progress
+            )
         finally:
             objects.close()
 

@@ -12,7 +12,9 @@ the datagrams that follow. Two ways of sending them:
   costs under traffic.
 The interrupts taken by the benchmark's CPU are read before and after each repeat-1 run: a run
 that shared its time with an interrupt handler is counted, and the p100 is also given without
-those runs. The control program, which builds the whole schedule at once (the CLI's
+those runs. After each change, one plain ebpflb datagram and one run of an empty XDP_PASS
+program are timed alike: the machine's own p99 and p100 for a repeat-1 run, the floor of what
+any program can show here. The control program, which builds the whole schedule at once (the CLI's
 `weights set`), is timed on the wall clock. Changes alternate one gateway between two weights,
 so each one rebuilds."""
 
@@ -73,10 +75,12 @@ class RebuildResult:
     plain_service_ns: float = 0.0
     plain_train_ns: float = 0.0  # one train with nothing to build
     interleaved_plain_ns: list[float] = field(default_factory=list)  # one after each change: the noise floor
+    interleaved_pass_ns: list[float] = field(default_factory=list)  # an empty XDP_PASS program, likewise
     # the same three kinds of run, only those no interrupt hit
     registration_quiet_ns: list[float] = field(default_factory=list)
     building_quiet_ns: list[float] = field(default_factory=list)
     interleaved_quiet_ns: list[float] = field(default_factory=list)
+    interleaved_pass_quiet_ns: list[float] = field(default_factory=list)
     control_change_ns: list[float] = field(default_factory=list)
     rebuilds: int = 0  # counted by the kernel, checked equal to the number of changes
 
@@ -87,17 +91,19 @@ class Runner:
 
     def __init__(self, lb: EbpflbUnderTest, replay: Replay, interrupts: InterruptCount) -> None:
         self.lb = lb
+        self.xdp_fd = lb.xdp_fd
         self.replay = replay
         self.interrupts = interrupts
         self._state = LbState()
         self._state_fd = libbpf.obj_get(lb.instance.pin("lb_state"))
         replay.target(lb.xdp_fd)
 
-    def one(self, frame: bytes, verdict: int) -> tuple[float, bool]:
-        """One datagram arriving on lo: (the kernel's run time in ns, whether an interrupt came)."""
+    def one(self, frame: bytes, verdict: int, prog_fd: int | None = None) -> tuple[float, bool]:
+        """One datagram arriving on lo, through ebpflb or prog_fd: (the kernel's run time in ns,
+        whether an interrupt came)."""
         ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=LOOPBACK_IFINDEX)
         before = self.interrupts.read()
-        got, _, duration = libbpf.test_run(self.lb.xdp_fd, frame, 1, ctx=ctx)
+        got, _, duration = libbpf.test_run(self.xdp_fd if prog_fd is None else prog_fd, frame, 1, ctx=ctx)
         interrupted = self.interrupts.read() != before
         expect_verdict(got, verdict)
         return float(duration), interrupted
@@ -117,9 +123,16 @@ class Runner:
 
 
 def measure_rebuild(
-    count: int, case: WeightCase, changes: int, service: bytes, replay: Replay, interrupts: InterruptCount
+    count: int,
+    case: WeightCase,
+    changes: int,
+    service: bytes,
+    replay: Replay,
+    pass_fd: int,
+    interrupts: InterruptCount,
 ) -> RebuildResult:
-    """service: the frame the replay harness was made for (it restores that frame's port and checksum)."""
+    """service: the frame the replay harness was made for (it restores that frame's port and checksum);
+    pass_fd: an empty XDP_PASS program, timed after each change as the floor."""
     first, second = case.alternate
     result = RebuildResult(
         count, case, (len(schedule(case.weights(count, first))), len(schedule(case.weights(count, second))))
@@ -157,6 +170,10 @@ def measure_rebuild(
                 result.interleaved_plain_ns.append(ns)
                 if not interrupted:
                     result.interleaved_quiet_ns.append(ns)
+                ns, interrupted = runner.one(service, XDP_PASS, pass_fd)
+                result.interleaved_pass_ns.append(ns)
+                if not interrupted:
+                    result.interleaved_pass_quiet_ns.append(ns)
             for _ in range(TRAIN_CHANGES):
                 weight = other[weight]
                 cpu = runner.one(frames[weight], XDP_DROP)[0] - result.plain_service_ns
@@ -188,7 +205,7 @@ def measure_rebuild(
 
 
 def run_rebuild_benchmarks(
-    changes: int, service: bytes, replay: Replay, cpu: int, progress: Callable[[str], None]
+    changes: int, service: bytes, replay: Replay, pass_fd: int, cpu: int, progress: Callable[[str], None]
 ) -> list[RebuildResult]:
     results = []
     interrupts = InterruptCount(cpu)
@@ -196,7 +213,7 @@ def run_rebuild_benchmarks(
         for count in REBUILD_GATEWAY_COUNTS:
             for case in WEIGHT_CASES:
                 progress(f"weight changes, {count} gateways, {case.name}")
-                results.append(measure_rebuild(count, case, changes, service, replay, interrupts))
+                results.append(measure_rebuild(count, case, changes, service, replay, pass_fd, interrupts))
     finally:
         interrupts.close()
     return results
