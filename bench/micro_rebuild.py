@@ -12,10 +12,11 @@ the datagrams that follow. Two ways of sending them:
   costs under traffic.
 The interrupts taken by the benchmark's CPU are read before and after each repeat-1 run: a run
 that shared its time with an interrupt handler is counted, and the p100 is also given without
-those runs. After each change, one plain ebpflb datagram and one run of an empty XDP_PASS
-program are timed alike: the machine's own p99 and p100 for a repeat-1 run, the floor of what
-any program can show here. The control program, which builds the whole schedule at once (the CLI's
-`weights set`), is timed on the wall clock. Changes alternate one gateway between two weights,
+those runs. After each change one plain ebpflb datagram, and after each build step one run of an
+empty XDP_PASS program, are timed alike: the machine's own p99 and p100 for a repeat-1 run, the
+floor of what any program can show here (the empty program over as many runs as the steps).
+The control program, which builds the whole schedule at once (the CLI's `weights set`), is
+timed on the wall clock. Changes alternate one gateway between two weights,
 so each one rebuilds."""
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class RebuildResult:
     plain_service_ns: float = 0.0
     plain_train_ns: float = 0.0  # one train with nothing to build
     interleaved_plain_ns: list[float] = field(default_factory=list)  # one after each change: the noise floor
-    interleaved_pass_ns: list[float] = field(default_factory=list)  # an empty XDP_PASS program, likewise
+    interleaved_pass_ns: list[float] = field(default_factory=list)  # an empty XDP_PASS program after each step
     # the same three kinds of run, only those no interrupt hit
     registration_quiet_ns: list[float] = field(default_factory=list)
     building_quiet_ns: list[float] = field(default_factory=list)
@@ -132,7 +133,7 @@ def measure_rebuild(
     interrupts: InterruptCount,
 ) -> RebuildResult:
     """service: the frame the replay harness was made for (it restores that frame's port and checksum);
-    pass_fd: an empty XDP_PASS program, timed after each change as the floor."""
+    pass_fd: an empty XDP_PASS program, timed after each build step as the floor."""
     first, second = case.alternate
     result = RebuildResult(
         count, case, (len(schedule(case.weights(count, first))), len(schedule(case.weights(count, second))))
@@ -163,6 +164,11 @@ def measure_rebuild(
                     result.building_ns.append(ns)
                     if not interrupted:
                         result.building_quiet_ns.append(ns)
+                    # the empty program as often as the build steps, so both p100s are over as many runs
+                    ns, interrupted = runner.one(service, XDP_PASS, pass_fd)
+                    result.interleaved_pass_ns.append(ns)
+                    if not interrupted:
+                        result.interleaved_pass_quiet_ns.append(ns)
                 result.datagrams_per_change.append(len(runs))
                 result.change_cpu_ns.append(sum(runs) - len(runs) * result.plain_service_ns)
                 # a datagram with nothing to build, in the same (cold) conditions: what p100 means here
@@ -170,10 +176,6 @@ def measure_rebuild(
                 result.interleaved_plain_ns.append(ns)
                 if not interrupted:
                     result.interleaved_quiet_ns.append(ns)
-                ns, interrupted = runner.one(service, XDP_PASS, pass_fd)
-                result.interleaved_pass_ns.append(ns)
-                if not interrupted:
-                    result.interleaved_pass_quiet_ns.append(ns)
             for _ in range(TRAIN_CHANGES):
                 weight = other[weight]
                 cpu = runner.one(frames[weight], XDP_DROP)[0] - result.plain_service_ns

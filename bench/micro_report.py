@@ -194,7 +194,7 @@ def rebuild_table(results: list[RebuildResult]) -> TableData:
             "Change datagram p99 / p100 (no interrupt)",
             "Build-step datagram p99 / p100 (no interrupt)",
             "No change, same conditions p99 / p100 (no interrupt)",
-            "Empty XDP_PASS program, same conditions p99 / p100 (no interrupt)",
+            "Empty XDP_PASS program, after each build step p99 / p100 (no interrupt)",
             "Runs an interrupt hit",
             "CPU per change, datagrams in trains: median / max",
             "CPU per change, datagrams one by one (cold): median / max",
@@ -208,10 +208,11 @@ def rebuild_table(results: list[RebuildResult]) -> TableData:
         "Change datagram: the registration that carries the change. Build-step datagram: each service datagram "
         "that ran a build step, one by one (each run is cache-cold: Python runs between calls). No change: one "
         "plain service datagram after each publication, nothing to build, timed alike: the machine's own p99 "
-        "and p100 for a repeat-1 run, against which the others are read. Empty XDP_PASS program: after each of "
-        "them, one run of a program that only returns XDP_PASS, timed alike: no program can show a lower p100 "
-        "on this machine. In brackets: the p100 of the runs during "
-        "which the CPU took no interrupt (/proc/interrupts read before and after each run); 'Runs an interrupt "
+        "and p100 for a repeat-1 run, against which the others are read. Empty XDP_PASS program: after each "
+        "build-step datagram, one run of a program that only returns XDP_PASS, timed alike: over as many runs "
+        "as the build steps, the p100 that no program can be expected to beat on this machine. In brackets: the "
+        "p100 of the runs during which the CPU took no interrupt (/proc/interrupts read before and after each "
+        "run); 'Runs an interrupt "
         f"hit' counts the others. CPU per change in trains: the registration, then trains of {TRAIN} service "
         "datagrams back to back under the replay harness until publication, less as many plain trains "
         f"({TRAIN_CHANGES} changes): what a change costs under traffic. One by one: the repeat-1 runs above "
