@@ -41,7 +41,7 @@ def attach_all(prog_fd: int, targets: list[tuple[int, str]], mode: str) -> list[
         for index, name in targets:
             attached.append(attach(prog_fd, index, name, "skb" if index == LOOPBACK_IFINDEX else mode))
     except BaseException:
-        detach(attached, libbpf.prog_id(prog_fd))
+        detach_from(targets, libbpf.prog_id(prog_fd))
         raise
     return attached
 
@@ -58,6 +58,14 @@ def attach(prog_fd: int, index: int, name: str, mode: str) -> Attachment:
     assert error is not None
     hint = " (lo supports only --mode skb)" if index == LOOPBACK_IFINDEX else ""
     raise EbpflbError(f"could not attach XDP to {name} in {mode} mode: {error.strerror}{hint}") from None
+
+
+def detach_from(targets: list[tuple[int, str]], ours: int) -> None:
+    """Detaches program id `ours` from the targets, in whichever mode it runs, as the kernel
+    says: a signal that arrives during the attach call is raised when it returns, before the
+    attachment is recorded, so a clean-up must not trust a list of what it attached."""
+    if ours:  # 0: nothing was loaded, so nothing of ours can run
+        detach([Attachment(name, index, mode) for index, name in targets for mode in MODES], ours)
 
 
 def detach(attached: list[Attachment], ours: int) -> None:
@@ -88,10 +96,19 @@ def replace_all(
                     detach([old], old_id)
                 added.append(attach(new_fd, index, name, wanted))
     except BaseException:
-        detach(added, libbpf.prog_id(new_fd))
-        for a in swapped:
-            with contextlib.suppress(OSError):
-                libbpf.xdp_attach(a.ifindex, old_fd, MODES[a.mode], old_prog_fd=new_fd)
+        # by what the kernel runs, not by what was recorded (see detach_from): swap the old
+        # program back where the new one replaced it, detach the new one where it was added
+        new_id = libbpf.prog_id(new_fd)
+        for index, _ in targets:
+            old = live.get(index)
+            for mode, flag in MODES.items():
+                if query(index, flag) != new_id:
+                    continue
+                with contextlib.suppress(OSError):
+                    if old and old.mode == mode:
+                        libbpf.xdp_attach(index, old_fd, flag, old_prog_fd=new_fd)
+                    else:
+                        libbpf.xdp_detach(index, flag)
         raise
     wanted_indexes = {i for i, _ in targets}
     detach([a for i, a in live.items() if i not in wanted_indexes], old_id)

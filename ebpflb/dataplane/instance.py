@@ -61,7 +61,7 @@ class Instance:
                 self.claim_netns()
             except BaseException:
                 with signals_deferred():  # a second Ctrl-C must not cut the clean-up short
-                    attach.detach(attached, prog_id)
+                    attach.detach_from(targets, prog_id)
                     pins.remove_pins(self.pin_path, keep=before)
                 raise
         return attached

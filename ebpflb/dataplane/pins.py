@@ -92,7 +92,13 @@ def locked(pin_path: str, create: bool) -> Iterator[None]:
                     time.sleep(0.01)
             # the holder may have removed the directory: lock the one that is there now
             if _same_file(fd, pin_path):
-                yield
+                try:
+                    yield
+                except BaseException:
+                    if create:  # cut short before the body's own clean-up began: no empty directory left
+                        with contextlib.suppress(OSError):
+                            os.rmdir(pin_path)
+                    raise
                 return
         finally:
             os.close(fd)

@@ -16,6 +16,7 @@ import pytest
 
 from ebpflb.bpf import libbpf
 from ebpflb.bpf.layout import ABI_VERSION, LbState
+from ebpflb.dataplane import Instance, config_for
 
 from ..netns import REPO, NetNS
 from ..traffic import cli_ok
@@ -90,6 +91,43 @@ def test_an_interrupted_load_leaves_nothing_attached(netns: NetNS, pin_path: str
             outcomes.add("nothing")
         assert_nothing_left(netns, pin_path)
     assert outcomes == {"loaded", "nothing"}  # the delays reached both sides of the load
+
+
+def _interrupt_after_the_kernel_attached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that lands during the attach call is raised as soon as it returns, before
+    Python has recorded the attachment (the window the timed test above can only hit by luck)."""
+    real = libbpf.xdp_attach
+
+    def attach_then_interrupt(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(libbpf, "xdp_attach", attach_then_interrupt)
+
+
+def test_a_load_interrupted_right_after_the_kernel_attached_leaves_nothing(
+    netns: NetNS, pin_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _interrupt_after_the_kernel_attached(monkeypatch)
+    with netns.entered(), pytest.raises(KeyboardInterrupt):
+        Instance(pin_path).load(["lo"], config_for(2152, 3000, 30, False, False, False))
+    assert_nothing_left(netns, pin_path)
+
+
+def test_a_take_over_interrupted_right_after_the_swap_keeps_the_old_program(
+    netns: NetNS, pin_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli_ok(netns, "load", "lo", "--pin-path", pin_path)
+    old = pinned_id(pin_path)
+    _interrupt_after_the_kernel_attached(monkeypatch)
+    with netns.entered(), pytest.raises(KeyboardInterrupt):
+        Instance(pin_path).take_over(["lo"], config_for(2153, 3000, 30, False, False, False))  # another port: a swap
+    monkeypatch.undo()
+    assert xdp_ids(netns) == [old] == [pinned_id(pin_path)]
+    status = json.loads(cli_ok(netns, "status", "--json", "--pin-path", pin_path))
+    assert status["config"]["service_port"] == 2152, status["config"]
+    cli_ok(netns, "unload", "--pin-path", pin_path)
+    assert_nothing_left(netns, pin_path)
 
 
 def test_a_pin_path_serves_one_network_namespace(netns_factory, pin_path: str) -> None:
