@@ -16,8 +16,8 @@ those runs. After each change one plain ebpflb datagram, and after each build st
 empty XDP_PASS program, are timed alike: the machine's own p99 and p100 for a repeat-1 run, the
 floor of what any program can show here (the empty program over as many runs as the steps).
 The control program, which builds the whole schedule at once (the CLI's `weights set`), is
-timed on the wall clock. Changes alternate one gateway between two weights,
-so each one rebuilds."""
+timed on the wall clock. Changes alternate one gateway between two weights, so each one
+rebuilds."""
 
 from __future__ import annotations
 
@@ -92,7 +92,6 @@ class Runner:
 
     def __init__(self, lb: EbpflbUnderTest, replay: Replay, interrupts: InterruptCount) -> None:
         self.lb = lb
-        self.xdp_fd = lb.xdp_fd
         self.replay = replay
         self.interrupts = interrupts
         self._state = LbState()
@@ -104,7 +103,7 @@ class Runner:
         whether an interrupt came)."""
         ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=LOOPBACK_IFINDEX)
         before = self.interrupts.read()
-        got, _, duration = libbpf.test_run(self.xdp_fd if prog_fd is None else prog_fd, frame, 1, ctx=ctx)
+        got, _, duration = libbpf.test_run(self.lb.xdp_fd if prog_fd is None else prog_fd, frame, 1, ctx=ctx)
         interrupted = self.interrupts.read() != before
         expect_verdict(got, verdict)
         return float(duration), interrupted
@@ -121,6 +120,15 @@ class Runner:
 
     def close(self) -> None:
         os.close(self._state_fd)
+
+
+def keep(run: tuple[float, bool], every: list[float], quiet: list[float]) -> float:
+    """Records a timed run in `every`, and in `quiet` if no interrupt came; returns its ns."""
+    ns, interrupted = run
+    every.append(ns)
+    if not interrupted:
+        quiet.append(ns)
+    return ns
 
 
 def measure_rebuild(
@@ -152,30 +160,18 @@ def measure_rebuild(
             before = lb.counters().global_
             for _ in range(changes):
                 weight = other[weight]
-                ns, interrupted = runner.one(frames[weight], XDP_DROP)
-                runs = [ns]
-                result.registration_ns.append(ns)
-                if not interrupted:
-                    result.registration_quiet_ns.append(ns)
+                change = runner.one(frames[weight], XDP_DROP)
+                runs = [keep(change, result.registration_ns, result.registration_quiet_ns)]
                 while not runner.published():
                     expect(len(runs) < MAX_DATAGRAMS_PER_CHANGE, "a schedule build did not complete")
-                    ns, interrupted = runner.one(service, XDP_PASS)
-                    runs.append(ns)
-                    result.building_ns.append(ns)
-                    if not interrupted:
-                        result.building_quiet_ns.append(ns)
+                    runs.append(keep(runner.one(service, XDP_PASS), result.building_ns, result.building_quiet_ns))
                     # the empty program as often as the build steps, so both p100s are over as many runs
-                    ns, interrupted = runner.one(service, XDP_PASS, pass_fd)
-                    result.interleaved_pass_ns.append(ns)
-                    if not interrupted:
-                        result.interleaved_pass_quiet_ns.append(ns)
+                    empty = runner.one(service, XDP_PASS, pass_fd)
+                    keep(empty, result.interleaved_pass_ns, result.interleaved_pass_quiet_ns)
                 result.datagrams_per_change.append(len(runs))
                 result.change_cpu_ns.append(sum(runs) - len(runs) * result.plain_service_ns)
                 # a datagram with nothing to build, in the same (cold) conditions: what p100 means here
-                ns, interrupted = runner.one(service, XDP_PASS)
-                result.interleaved_plain_ns.append(ns)
-                if not interrupted:
-                    result.interleaved_quiet_ns.append(ns)
+                keep(runner.one(service, XDP_PASS), result.interleaved_plain_ns, result.interleaved_quiet_ns)
             for _ in range(TRAIN_CHANGES):
                 weight = other[weight]
                 cpu = runner.one(frames[weight], XDP_DROP)[0] - result.plain_service_ns
